@@ -1,0 +1,19 @@
+"""Triton kernels of spectriton, installed as ``spectriton.kernels``.
+
+The launchers here have the names and signatures of their pure-torch twins in
+:mod:`spectriton.reference`; :mod:`spectriton.backend` picks one or the other.
+"""
+
+from spectriton.kernels.packing import pack, unpack
+from spectriton.kernels.spectral_product import product, product_input_grad, product_weight_grad
+from spectriton.kernels.threshold import activation_backward, threshold_compact
+
+__all__ = [
+    "activation_backward",
+    "pack",
+    "product",
+    "product_input_grad",
+    "product_weight_grad",
+    "threshold_compact",
+    "unpack",
+]

@@ -1,0 +1,19 @@
+"""spectriton: memory-frugal spectral-domain CNN training (SpecNet) for PyTorch."""
+
+from spectriton import functional, memory
+from spectriton.activation import SplitTanh
+from spectriton.compressed import CompressedSpectrum
+from spectriton.conv import SpectralConv2d, SpectralSequential
+from spectriton.pooling import CompactMaxPool2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompactMaxPool2d",
+    "CompressedSpectrum",
+    "SplitTanh",
+    "SpectralConv2d",
+    "SpectralSequential",
+    "functional",
+    "memory",
+]

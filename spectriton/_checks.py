@@ -1,0 +1,83 @@
+"""Argument checks shared by the public entry points.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the argument and
+says what was expected, so a bad call fails at the API boundary, not deep inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+ACTIVATIONS = (None, "split_tanh")
+VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16)
+
+
+def pair(value: int | Sequence[int], name: str, *, minimum: int) -> tuple[int, int]:
+    """Return ``(a, b)`` from an int or a pair of ints, each at least ``minimum``."""
+    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(items, Sequence)
+        or len(items) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def positive_int(value: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def beta(value: float) -> float:
+    """A threshold: a finite, non-negative real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"beta must be a non-negative float, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"beta must be a finite float >= 0, got {value}")
+    return float(value)
+
+
+def density(value: float | None) -> float | None:
+    """A kept fraction in (0, 1], or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"density must be a float in (0, 1] or None, got {type(value).__name__}")
+    if not 0 < value <= 1:
+        raise ValueError(f"density must be in (0, 1], got {value}")
+    return float(value)
+
+
+def activation(value: str | None) -> str | None:
+    if value not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {value!r}")
+    return value
+
+
+def value_dtype(value: torch.dtype | None) -> torch.dtype | None:
+    if value not in VALUE_DTYPES:
+        names = ", ".join(str(v) for v in VALUE_DTYPES)
+        raise ValueError(f"value_dtype must be one of {names}, got {value!r}")
+    return None if value is torch.complex64 else value
+
+
+def spatial_input(x: object, channels: int | None, name: str = "input") -> torch.Tensor:
+    """A real floating-point NCHW tensor with ``channels`` channels (any, if None)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (dim 1), got {x.shape[1]}")
+    return x

@@ -1,0 +1,44 @@
+"""Which implementation runs an op: the Triton kernels or the pure-torch reference.
+
+CUDA tensors take the Triton kernels, CPU tensors the reference. ``SPECTRITON_BACKEND``
+(``torch`` or ``triton``) forces one; the Triton kernels run on CPU tensors only under
+``TRITON_INTERPRET=1``. The choice is read at every call, so it can be changed at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("torch", "triton")
+
+
+def backend_name(device: torch.device) -> str:
+    """``"torch"`` or ``"triton"`` for tensors on ``device``."""
+    forced = os.environ.get("SPECTRITON_BACKEND", "").strip().lower()
+    if forced and forced not in BACKENDS:
+        raise ValueError(f"SPECTRITON_BACKEND must be one of {BACKENDS}, got {forced!r}")
+    name = forced or ("triton" if device.type == "cuda" else "torch")
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "SPECTRITON_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 set before "
+            "spectriton.kernels is imported"
+        )
+    return name
+
+
+def ops(device: torch.device) -> ModuleType:
+    """The module holding the backend's ops for tensors on ``device``.
+
+    Both modules expose the same functions: ``threshold_compact``, ``activation_backward``,
+    ``product``, ``product_input_grad``, ``product_weight_grad``, ``pack``, ``unpack``.
+    """
+    if backend_name(device) == "triton":
+        from spectriton import kernels
+
+        return kernels
+    from spectriton import reference
+
+    return reference

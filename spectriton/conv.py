@@ -1,0 +1,169 @@
+"""Drop-in spectral convolution modules: a single layer and a block of layers.
+
+Both take and return spatial NCHW tensors. Weights are shaped and named like
+``nn.Conv2d``'s, so a Conv2d state_dict loads into :class:`SpectralConv2d`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spectriton import _checks
+from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
+from spectriton.geometry import LayerShape
+
+
+def _resolve_padding(padding: int | tuple[int, int] | str, kernel: tuple[int, int], stride: tuple[int, int]):
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("padding='same' needs stride 1, as in nn.Conv2d")
+        if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+            raise ValueError(f"padding='same' needs an odd kernel_size, got {kernel}")
+        return (kernel[0] // 2, kernel[1] // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    return _checks.pair(padding, "padding", minimum=0)
+
+
+class SpectralConv2d(nn.Module):
+    """A convolution computed as a product of spectra, optionally a SpecNet layer.
+
+    With ``beta=0`` and ``activation=None`` it returns what ``F.conv2d`` returns (float32
+    round-off). ``activation="split_tanh"`` zeroes spectral entries of magnitude at most
+    ``beta`` and applies tanh to the real and imaginary parts; what it saves for backward
+    is then the compressed spectrum. ``value_dtype`` (``torch.bfloat16`` or
+    ``torch.float16``) halves the bytes of the kept values.
+
+    Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
+    :class:`SpectralSequential` to stay in the spectral domain between them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        bias: bool = True,
+        *,
+        beta: float = 0.0,
+        activation: str | None = None,
+        value_dtype: torch.dtype | None = None,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _checks.positive_int(in_channels, "in_channels")
+        self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = _checks.pair(stride, "stride", minimum=1)
+        self.padding = _resolve_padding(padding, self.kernel_size, self.stride)
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"padding_mode must be 'zeros' (the spectral grid is zero-padded), got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
+        self.beta = _checks.beta(beta)
+        self.activation = _checks.activation(activation)
+        self.value_dtype = _checks.value_dtype(value_dtype)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation of ``nn.Conv2d``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **options) -> SpectralConv2d:
+        """A spectral layer sharing ``conv``'s weight and bias (not copies)."""
+        if conv.groups != 1 or conv.dilation != (1, 1):
+            raise ValueError("from_conv needs groups=1 and dilation=1")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+            **options,
+        )
+        layer.weight, layer.bias = conv.weight, conv.bias
+        return layer
+
+    @property
+    def shape(self) -> LayerShape:
+        return LayerShape(self.kernel_size, self.padding, self.stride)
+
+    def forward(self, x: torch.Tensor | SpectralFlow) -> torch.Tensor | SpectralFlow:
+        """Spatial in, spatial out; inside a block, one step on the block's spectral flow."""
+        if isinstance(x, SpectralFlow):
+            return spectral_layer(x, self.weight, self.bias, self.beta, self.activation, self.value_dtype)
+        return run_layers([self], x)
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, beta={self.beta}"
+        )
+        if self.activation:
+            text += f", activation={self.activation!r}"
+        if self.value_dtype is not None:
+            text += f", value_dtype={self.value_dtype}"
+        return text
+
+
+class SpectralSequential(nn.Sequential):
+    """Spectral layers chained between one FFT and one IFFT, as the paper's blocks are.
+
+    The input is padded once to the block's grid; the later layers are circular
+    convolutions on that grid (DESIGN.md section 2). Only the last layer may have a stride.
+    """
+
+    def __init__(self, *layers: SpectralConv2d) -> None:
+        if not layers:
+            raise ValueError("SpectralSequential needs at least one SpectralConv2d")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, SpectralConv2d):
+                raise TypeError(f"layer {index} must be a SpectralConv2d, got {type(layer).__name__}")
+        for index, (a, b) in enumerate(zip(layers, layers[1:])):
+            if a.out_channels != b.in_channels:
+                raise ValueError(
+                    f"layer {index + 1} expects {b.in_channels} in_channels but layer {index} "
+                    f"gives {a.out_channels}"
+                )
+        value_dtypes = {layer.value_dtype for layer in layers}
+        if len(value_dtypes) > 1:
+            raise ValueError(f"the layers of a block must share one value_dtype, got {value_dtypes}")
+        super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_layers(list(self), x)
+
+
+def run_layers(layers: list[SpectralConv2d], x: torch.Tensor) -> torch.Tensor:
+    """Check ``x`` and run ``layers`` as one spectral block.
+
+    Each layer is called as a module, so hooks (and the memory accounting) see each one.
+    """
+    _checks.spatial_input(x, layers[0].in_channels)
+    flow = SpectralFlow.start(x, [layer.shape for layer in layers])
+    if x.shape[0] == 0:
+        return empty_output(x, [layer.weight for layer in layers], flow.geom)
+    for layer in layers:
+        flow = layer(flow)
+    return spectral_output(flow, layers[-1].out_channels)

@@ -1,0 +1,78 @@
+"""The same SpecNet layers give the same outputs, gradients and saved bytes on both backends."""
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton.memory import saved_bytes
+
+pytest.importorskip("spectriton.kernels")
+
+
+def _run(model, x, backend, monkeypatch):
+    monkeypatch.setenv("SPECTRITON_BACKEND", backend)
+    report = saved_bytes(model, x)
+    y = model(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *model.parameters()])
+    return y, grads, report
+
+
+def _specnet(value_dtype):
+    torch.manual_seed(1)
+    return nn.Sequential(
+        st.SpectralSequential(
+            st.SpectralConv2d(3, 6, 3, padding=1, beta=0.5, activation="split_tanh", value_dtype=value_dtype),
+            st.SpectralConv2d(
+                6, 4, 3, padding=1, stride=2, beta=0.5, activation="split_tanh", value_dtype=value_dtype
+            ),
+        ),
+        st.CompactMaxPool2d(2),
+    )
+
+
+def test_specnet_block_matches_across_backends(monkeypatch):
+    model = _specnet(None)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    y_t, g_t, r_t = _run(model, x, "torch", monkeypatch)
+    y_k, g_k, r_k = _run(model, x, "triton", monkeypatch)
+    torch.testing.assert_close(y_k, y_t, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_t, g_k):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert r_k.per_module == r_t.per_module
+
+
+def test_bf16_values_match_layer_by_layer(monkeypatch):
+    """Both backends round to bfloat16; a value one rounding step apart may flip a keep
+    decision downstream, so compare each layer's compressed output, not the block's end."""
+    from spectriton.functional import SpectralFlow
+
+    block = _specnet(torch.bfloat16)[0]
+    flow = SpectralFlow.start(torch.randn(2, 3, 9, 9), [layer.shape for layer in block])
+    for layer in block:  # each layer gets the same (reference) input on both backends
+        monkeypatch.setenv("SPECTRITON_BACKEND", "triton")
+        b = layer(flow)
+        monkeypatch.setenv("SPECTRITON_BACKEND", "torch")
+        a = flow = layer(flow)
+        assert b.values.dtype == torch.bfloat16
+        assert torch.equal(a.mask, b.mask)
+        torch.testing.assert_close(b.values.float(), a.values.float(), atol=0, rtol=2**-7)
+
+
+def test_lenet_sized_layer_matches_across_backends(monkeypatch):
+    layer = st.SpectralConv2d(1, 6, 5, beta=0.7, activation="split_tanh")
+    x = torch.randn(2, 1, 28, 28, requires_grad=True)
+    y_t, g_t, r_t = _run(layer, x, "torch", monkeypatch)
+    y_k, g_k, r_k = _run(layer, x, "triton", monkeypatch)
+    torch.testing.assert_close(y_k, y_t, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_t, g_k):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert r_k.total == r_t.total
+
+
+def test_backend_default_follows_the_device(monkeypatch):
+    from spectriton.backend import backend_name
+
+    monkeypatch.delenv("SPECTRITON_BACKEND", raising=False)
+    assert backend_name(torch.device("cpu")) == "torch"
+    assert backend_name(torch.device("cuda")) == "triton"

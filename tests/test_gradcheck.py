@@ -1,0 +1,100 @@
+"""torch.autograd.gradcheck in float64 for every autograd function (reference path).
+
+Thresholds are chosen in a gap of the spectrum's magnitudes, so finite differences never
+flip a keep decision (the threshold's derivative is the keep-mask almost everywhere).
+"""
+
+import pytest
+import torch
+from conftest import safe_beta
+from torch.autograd import gradcheck
+
+from spectriton import transforms
+from spectriton.activation import SplitTanhFunction
+from spectriton.functional import LayerConfig, SpectralLayerFunction, SpectralOutputFunction, spectral_block
+from spectriton.geometry import LayerShape, block_geometry
+from spectriton.pooling import CompactMaxPoolFunction
+
+D = torch.float64
+
+
+def _product_magnitudes(x, w, b, grid):
+    y = torch.einsum(
+        "ncij,ocij->noij", transforms.map_spectrum(x, grid), transforms.kernel_spectrum(w, grid).conj()
+    )
+    y[:, :, 0, 0] += b * transforms.bias_scale(grid)
+    return y.abs()
+
+
+@pytest.mark.parametrize("activation", [False, True], ids=["linear", "split_tanh"])
+@pytest.mark.parametrize("size,k,p", [((5, 5), 3, 1), ((6, 7), 3, 0), ((7, 7), 5, 2)], ids=str)
+def test_first_layer(size, k, p, activation):
+    x = torch.randn(2, 2, *size, dtype=D, requires_grad=True)
+    w = (0.4 * torch.randn(3, 2, k, k, dtype=D)).requires_grad_()
+    b = torch.randn(3, dtype=D, requires_grad=True)
+    geom = block_geometry([LayerShape((k, k), (p, p), (1, 1))], size)
+    beta = safe_beta(_product_magnitudes(x.detach(), w.detach(), b.detach(), geom.grid), 0.4)
+    cfg = LayerConfig(geom.grid, size, (k, k), beta, activation, None)
+
+    def f(x, w, b):
+        values, mask, offsets = SpectralLayerFunction.apply(x, None, None, w, b, cfg)
+        return SpectralOutputFunction.apply(values, mask, offsets, 3, geom, x.dtype)
+
+    assert gradcheck(f, (x, w, b))
+
+
+def test_block_of_three_layers_with_stride():
+    shapes = [LayerShape((3, 3), (1, 1), (1, 1))] * 2 + [LayerShape((3, 3), (1, 1), (2, 2))]
+    x = torch.randn(2, 2, 6, 6, dtype=D, requires_grad=True)
+    ws = [
+        (0.3 * torch.randn(c_out, c_in, 3, 3, dtype=D)).requires_grad_()
+        for c_in, c_out in [(2, 3), (3, 3), (3, 2)]
+    ]
+    bs = [torch.randn(c, dtype=D, requires_grad=True) for c in (3, 3, 2)]
+    betas = _safe_block_betas(x.detach(), [w.detach() for w in ws], [b.detach() for b in bs], shapes)
+
+    def f(x, *params):
+        return spectral_block(x, params[:3], params[3:], shapes, betas, ["split_tanh"] * 3)
+
+    assert gradcheck(f, (x, *ws, *bs))
+
+
+def _safe_block_betas(x, weights, biases, shapes, quantile=0.3):
+    """Per-layer safe thresholds, found layer after layer on the dense reference."""
+    from spectriton.reference import keep_mask, product, split_tanh
+
+    grid = block_geometry(shapes, x.shape[-2:]).grid
+    spectrum, betas = transforms.map_spectrum(x, grid), []
+    for w, b in zip(weights, biases):
+        y = product(spectrum, transforms.kernel_spectrum(w, grid), b * transforms.bias_scale(grid))
+        betas.append(safe_beta(y.abs(), quantile))
+        spectrum = split_tanh(torch.where(keep_mask(y, betas[-1]), y, 0))
+    return betas
+
+
+def test_later_layer_input_gradient_is_packed():
+    grid = (7, 7)
+    geom = block_geometry([LayerShape((3, 3), (1, 1), (1, 1))], (5, 5))
+    x = torch.randn(2, 2, 5, 5, dtype=D)
+    w1 = 0.5 * torch.randn(3, 2, 3, 3, dtype=D)
+    cfg1 = LayerConfig(grid, (5, 5), (3, 3), 0.0, True, None)
+    values, mask, offsets = SpectralLayerFunction.apply(x, None, None, w1, None, cfg1)
+    values = values.detach().requires_grad_()
+    w2 = (0.5 * torch.randn(2, 3, 3, 3, dtype=D)).requires_grad_()
+    cfg2 = LayerConfig(grid, (5, 5), (3, 3), 0.0, True, None)
+
+    def f(values, w2):
+        out = SpectralLayerFunction.apply(values, mask, offsets, w2, None, cfg2)
+        return SpectralOutputFunction.apply(*out, 2, geom, D)
+
+    assert gradcheck(f, (values, w2))
+
+
+def test_compact_max_pool():
+    x = torch.randn(2, 3, 7, 9, dtype=D, requires_grad=True)
+    assert gradcheck(lambda x: CompactMaxPoolFunction.apply(x, (2, 2)), (x,))
+
+
+def test_split_tanh():
+    z = torch.randn(3, 5, dtype=torch.complex128, requires_grad=True)
+    assert gradcheck(SplitTanhFunction.apply, (z,))

@@ -1,0 +1,145 @@
+"""What the layers save for backward, measured with saved-tensor hooks."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton.memory import saved_bytes
+
+
+class _Saved:
+    """Distinct storages (non-parameter) handed to autograd, with their bytes."""
+
+    def __init__(self, params=()):
+        self.storages, self.skip = {}, {p.untyped_storage().data_ptr() for p in params}
+
+    def pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.skip:
+            self.storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def total(self):
+        return sum(self.storages.values())
+
+
+def _measure(module, x):
+    saved = _Saved(module.parameters())
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        y = module(x)
+    return saved, y
+
+
+def _budget(nnz, numel, maps, value_bytes=8):
+    return nnz * value_bytes + math.ceil(numel / 8) + 16 * maps + 1024
+
+
+def _layer_nnz(layers, x):
+    """Kept entries of every layer's output, from a forward run of the functions."""
+    from spectriton.functional import LayerConfig, SpectralLayerFunction
+    from spectriton.geometry import block_geometry
+
+    geom = block_geometry([m.shape for m in layers], x.shape[-2:])
+    values, mask, offsets, nnz = x, None, None, []
+    with torch.no_grad():
+        for m in layers:
+            cfg = LayerConfig(
+                geom.grid, geom.size, m.kernel_size, m.beta, m.activation is not None, m.value_dtype
+            )
+            values, mask, offsets = SpectralLayerFunction.apply(values, mask, offsets, m.weight, m.bias, cfg)
+            nnz.append(values.shape[0])
+    return geom, nnz
+
+
+@pytest.mark.parametrize("value_dtype,value_bytes", [(None, 8), (torch.bfloat16, 4)])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_byte_budget_of_a_specnet_block(layers, value_dtype, value_bytes):
+    channels = [3, 16, 16, 8][: layers + 1]
+    block = st.SpectralSequential(
+        *[
+            st.SpectralConv2d(a, b, 3, padding=1, beta=0.7, activation="split_tanh", value_dtype=value_dtype)
+            for a, b in zip(channels, channels[1:])
+        ]
+    )
+    x = torch.randn(4, 3, 32, 32)
+    saved, y = _measure(block, x)
+    geom, nnz = _layer_nnz(list(block), x)
+    budget = x.numel() * 4 + sum(
+        _budget(n, 4 * c * geom.bins, 4 * c, value_bytes) for n, c in zip(nnz, channels[1:])
+    )
+    assert saved.total <= budget
+    assert max(nnz) < 0.8 * 4 * max(channels) * geom.bins  # the threshold did something
+    dense_spectra = sum(4 * c * geom.bins * 8 for c in channels[1:])
+    assert saved.total < x.numel() * 4 + dense_spectra / 2
+
+
+def test_linear_layer_saves_its_input_and_a_bitmask():
+    layer = st.SpectralConv2d(3, 8, 3, padding=1)
+    x = torch.randn(2, 3, 16, 16)
+    saved, _ = _measure(layer, x)
+    bins = 18 * 10
+    assert saved.total <= x.numel() * 4 + math.ceil(2 * 8 * bins / 8) + 16 * 16 + 1024
+
+
+def test_compact_pool_keeps_one_byte_per_output():
+    pool = st.CompactMaxPool2d(2)
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    saved, y = _measure(pool, x * 1)
+    assert saved.total == y.numel()
+    reference = nn.MaxPool2d(2)
+    torch.testing.assert_close(y, reference(x))
+    g = torch.randn_like(y)
+    expected = torch.autograd.grad(reference(x), x, g)[0]
+    torch.testing.assert_close(torch.autograd.grad(pool(x), x, g)[0], expected)
+
+
+def test_no_grad_saves_nothing():
+    block = st.SpectralSequential(st.SpectralConv2d(3, 4, 3, padding=1, beta=0.5, activation="split_tanh"))
+    saved = _Saved(block.parameters())
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        block(torch.randn(2, 3, 9, 9))
+    assert saved.total == 0
+
+
+def test_report_per_module_and_table():
+    model = nn.Sequential(
+        st.SpectralSequential(st.SpectralConv2d(1, 6, 5, beta=0.7, activation="split_tanh")),
+        st.CompactMaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 12 * 12, 10),
+    )
+    x = torch.randn(8, 1, 28, 28)
+    report = saved_bytes(model, x)
+    assert set(report.per_module) == {"0.0", "1", "3"}  # the layer inside the block, by name
+    assert report.per_module["1"] == 8 * 6 * 12 * 12  # one byte per pooled output
+    assert report.total == sum(report.per_module.values())
+    assert report.per_sample == report.total / 8
+    table = report.table()
+    assert "total" in table and f"{report.total:,}" in table
+    assert model.training  # restored
+
+
+def test_report_counts_shared_storage_once_and_skips_parameters():
+    relu = nn.ReLU()
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin, relu)
+    x = torch.randn(3, 4)
+    report = saved_bytes(model, x)
+    # Linear saves x (its weight is a parameter), ReLU saves its output.
+    assert report.total == x.numel() * 4 + 3 * 4 * 4
+
+
+def test_spectral_block_saves_far_less_than_its_spatial_twin():
+    spatial = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()
+    )
+    spectral = st.SpectralSequential(
+        st.SpectralConv2d(3, 32, 3, padding=1, beta=1.0, activation="split_tanh"),
+        st.SpectralConv2d(32, 32, 3, padding=1, beta=1.0, activation="split_tanh"),
+    )
+    x = torch.randn(4, 3, 32, 32)
+    assert saved_bytes(spectral, x).total < 0.6 * saved_bytes(spatial, x).total
