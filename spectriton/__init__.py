@@ -1,9 +1,10 @@
 """spectriton: memory-frugal spectral-domain CNN training (SpecNet) for PyTorch."""
 
-from spectriton import functional, memory
+from spectriton import functional, memory, models
 from spectriton.activation import SplitTanh
 from spectriton.compressed import CompressedSpectrum
-from spectriton.conv import SpectralConv2d, SpectralSequential
+from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential
+from spectriton.convert import convert, plan, revert
 from spectriton.pooling import CompactMaxPool2d
 
 __version__ = "0.1.0"
@@ -13,7 +14,12 @@ __all__ = [
     "CompressedSpectrum",
     "SplitTanh",
     "SpectralConv2d",
+    "SpectralDenseBlock",
     "SpectralSequential",
+    "convert",
     "functional",
     "memory",
+    "models",
+    "plan",
+    "revert",
 ]

@@ -46,6 +46,26 @@ def beta(value: float) -> float:
     return float(value)
 
 
+class _DefaultBeta(float):
+    """The default threshold, told apart from a beta the caller passed."""
+
+    def __repr__(self) -> str:
+        return repr(float(self))
+
+
+DEFAULT_BETA = _DefaultBeta(0.7)
+
+
+def beta_or_density(beta_value: float, density_value: float | None) -> tuple[float, float | None]:
+    """Check a ``beta=`` / ``density=`` pair: at most one of them given by the caller."""
+    density_value = density(density_value)
+    if density_value is not None:
+        if beta_value is not DEFAULT_BETA:
+            raise ValueError("give either beta or density, not both")
+        return 0.0, density_value
+    return beta(beta_value), None
+
+
 def density(value: float | None) -> float | None:
     """A kept fraction in (0, 1], or None."""
     if value is None:

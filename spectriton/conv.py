@@ -15,6 +15,8 @@ from spectriton import _checks
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape
 
+MOMENTUM = 0.1  # of the running threshold in density mode, as nn.BatchNorm2d's
+
 
 def _resolve_padding(padding: int | tuple[int, int] | str, kernel: tuple[int, int], stride: tuple[int, int]):
     if padding == "valid":
@@ -39,6 +41,11 @@ class SpectralConv2d(nn.Module):
     is then the compressed spectrum. ``value_dtype`` (``torch.bfloat16`` or
     ``torch.float16``) halves the bytes of the kept values.
 
+    ``density=d`` replaces the fixed ``beta`` by a budget: in training each step keeps
+    about a fraction ``d`` of the product's entries (a quantile of their magnitudes), and a
+    running average of those thresholds, the ``threshold`` buffer, is used in eval mode.
+    Every layer then keeps something, however deep, and memory follows the budget.
+
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
     """
@@ -55,6 +62,7 @@ class SpectralConv2d(nn.Module):
         beta: float = 0.0,
         activation: str | None = None,
         value_dtype: torch.dtype | None = None,
+        density: float | None = None,
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -73,13 +81,26 @@ class SpectralConv2d(nn.Module):
         self.beta = _checks.beta(beta)
         self.activation = _checks.activation(activation)
         self.value_dtype = _checks.value_dtype(value_dtype)
+        self.density = _checks.density(density)
+        if self.density is not None and self.beta != 0:
+            raise ValueError("give either beta or density, not both")
+        self.last_density: float | None = None
+        if self.density is not None:
+            self.register_buffer("threshold", torch.full((), float("nan"), device=device))
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The initialisation of ``nn.Conv2d``."""
+        """``nn.Conv2d``'s initialisation; with split tanh, He-normal with tanh's gain and a
+        zero bias instead, so that spectral magnitudes neither fade nor blow up with depth
+        (with Conv2d's, a VGG-deep stack keeps nothing above beta 0.7 at initialisation)."""
+        if self.activation == "split_tanh":
+            nn.init.kaiming_normal_(self.weight, nonlinearity="tanh")
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+            return
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
@@ -103,17 +124,37 @@ class SpectralConv2d(nn.Module):
             **options,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
+        if layer.density is not None:
+            layer.threshold = torch.full((), float("nan"), device=conv.weight.device)
         return layer
 
     @property
     def shape(self) -> LayerShape:
         return LayerShape(self.kernel_size, self.padding, self.stride)
 
-    def forward(self, x: torch.Tensor | SpectralFlow) -> torch.Tensor | SpectralFlow:
-        """Spatial in, spatial out; inside a block, one step on the block's spectral flow."""
-        if isinstance(x, SpectralFlow):
-            return spectral_layer(x, self.weight, self.bias, self.beta, self.activation, self.value_dtype)
-        return run_layers([self], x)
+    def forward(self, x: torch.Tensor | SpectralFlow | list[SpectralFlow]) -> torch.Tensor | SpectralFlow:
+        """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow."""
+        flows = [x] if isinstance(x, SpectralFlow) else x
+        if isinstance(flows, (list, tuple)) and flows and all(isinstance(f, SpectralFlow) for f in flows):
+            return self.step(flows)
+        return run_layers([self], x, hooks=False)
+
+    def step(self, flows: list[SpectralFlow]) -> SpectralFlow:
+        """Product with this layer's kernel spectrum, threshold and activation, on the
+        spectral flow of a block (several flows in a dense block, channels in order)."""
+        beta, density = self.beta, self.density
+        if density is not None and not self.training and not torch.isnan(self.threshold):
+            beta, density = float(self.threshold), None
+        flow = spectral_layer(
+            flows, self.weight, self.bias, self.padding, beta, self.activation, self.value_dtype, density
+        )
+        if density is not None and self.training:
+            with torch.no_grad():
+                used = torch.full_like(self.threshold, flow.beta)
+                first = torch.isnan(self.threshold)
+                self.threshold.copy_(torch.where(first, used, torch.lerp(self.threshold, used, MOMENTUM)))
+        self.last_density = flow.density
+        return flow
 
     def extra_repr(self) -> str:
         text = (
@@ -124,6 +165,8 @@ class SpectralConv2d(nn.Module):
             text += f", activation={self.activation!r}"
         if self.value_dtype is not None:
             text += f", value_dtype={self.value_dtype}"
+        if self.density is not None:
+            text += f", density={self.density}"
         return text
 
 
@@ -155,15 +198,62 @@ class SpectralSequential(nn.Sequential):
         return run_layers(list(self), x)
 
 
-def run_layers(layers: list[SpectralConv2d], x: torch.Tensor) -> torch.Tensor:
+def run_layers(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True) -> torch.Tensor:
     """Check ``x`` and run ``layers`` as one spectral block.
 
-    Each layer is called as a module, so hooks (and the memory accounting) see each one.
+    With ``hooks``, each layer is called as a module, so hooks (and the memory accounting)
+    see each one, with :class:`SpectralFlow` objects as input and output.
     """
     _checks.spatial_input(x, layers[0].in_channels)
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])
     if x.shape[0] == 0:
-        return empty_output(x, [layer.weight for layer in layers], flow.geom)
+        return empty_output(x, [layer.weight for layer in layers], layers[-1].out_channels, flow.geom.out)
     for layer in layers:
-        flow = layer(flow)
-    return spectral_output(flow, layers[-1].out_channels)
+        flow = layer(flow) if hooks else layer.step([flow])
+    return spectral_output(flow)
+
+
+class SpectralDenseBlock(nn.Module):
+    """DenseNet's dense block in the spectral domain: one FFT in, one IFFT out.
+
+    Layer ``i`` reads the block input and every earlier layer's output (channels
+    concatenated in that order, as in DenseNet) and adds ``growth`` channels; the output
+    is all of them concatenated, ``in_channels + layers * growth`` channels of the input's
+    size. Each source stays compressed once; no concatenated copy is ever made.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth: int,
+        layers: int,
+        kernel_size: int = 3,
+        *,
+        beta: float = 0.0,
+        activation: str | None = "split_tanh",
+        density: float | None = None,
+        value_dtype: torch.dtype | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        _checks.positive_int(layers, "layers")
+        _checks.positive_int(growth, "growth")
+        if _checks.positive_int(kernel_size, "kernel_size") % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the map's size, got {kernel_size}")
+        self.in_channels, self.growth = in_channels, growth
+        self.out_channels = in_channels + layers * growth
+        options = dict(beta=beta, activation=activation, density=density, value_dtype=value_dtype, bias=bias)
+        self.layers = nn.ModuleList(
+            SpectralConv2d(in_channels + i * growth, growth, kernel_size, padding=kernel_size // 2, **options)
+            for i in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.spatial_input(x, self.in_channels)
+        layers = list(self.layers)
+        flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]
+        if x.shape[0] == 0:
+            return empty_output(x, [layer.weight for layer in layers], self.out_channels, x.shape[-2:])
+        for layer in layers:
+            flows.append(layer(flows))
+        return torch.cat([spectral_output(flow) for flow in flows], dim=1)

@@ -16,7 +16,7 @@ Gradients between layers flow packed too. The heavy ops come from :mod:`spectrit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,7 +28,12 @@ from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """What one layer's autograd function needs besides tensors."""
+    """What one layer's autograd function needs besides tensors.
+
+    A layer reads one or more sources (several in a dense block); ``channels[s]`` and
+    ``shifts[s]`` give each source's channel count and kernel shift. ``density``, when set,
+    replaces ``beta`` by the threshold that keeps that fraction of the product's entries.
+    """
 
     grid: tuple[int, int]
     size: tuple[int, int]
@@ -36,13 +41,15 @@ class LayerConfig:
     beta: float
     activation: bool
     value_dtype: torch.dtype | None
+    channels: tuple[int, ...]
+    shifts: tuple[tuple[int, int], ...]
+    density: float | None = None
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precisions compute in float32)."""
-    return (
-        torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-    )
+    double = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if double else torch.float32
 
 
 def _dc_real(spectrum: CompressedSpectrum) -> torch.Tensor:
@@ -55,8 +62,27 @@ def _dc_real(spectrum: CompressedSpectrum) -> torch.Tensor:
     return torch.where(kept, values[first, 0], 0).view(spectrum.batch, spectrum.channels)
 
 
+def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 << 16) -> float:
+    """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries.
+
+    A quantile of the magnitudes, estimated on an evenly strided sample of at most
+    ``sample`` entries.
+    """
+    if density >= 1:
+        return 0.0
+    flat = spectrum.reshape(-1)
+    flat = flat[:: max(1, flat.numel() // sample)]
+    magnitude2 = flat.real.square() + flat.imag.square()
+    k = min(max(int((1 - density) * magnitude2.numel()), 1), magnitude2.numel())
+    return float(magnitude2.kthvalue(k).values.sqrt())
+
+
+def _sources(tensors: tuple) -> list[tuple]:
+    return [tensors[i : i + 3] for i in range(0, len(tensors), 3)]
+
+
 def _layer_input(inputs, mask, offsets, channels, grid, real) -> CompressedSpectrum | torch.Tensor:
-    """A layer's input spectrum: the FFT of a spatial batch, or the previous compressed output."""
+    """A layer's input spectrum: the FFT of a spatial batch, or a compressed layer output."""
     if mask is None:
         return transforms.map_spectrum(inputs.to(real), grid)
     return CompressedSpectrum(inputs, mask, offsets, mask.shape[0] // channels, channels, grid)
@@ -65,30 +91,37 @@ def _layer_input(inputs, mask, offsets, channels, grid, real) -> CompressedSpect
 class SpectralLayerFunction(torch.autograd.Function):
     """One convolution + threshold (+ split tanh) layer on the spectral grid.
 
-    Input: a spatial batch ``x`` (first layer: ``mask`` and ``offsets`` are None) or the
-    packed values of the previous layer's output. Output: packed values, mask, offsets.
+    Arguments: ``weight, bias, cfg`` then ``(inputs, mask, offsets)`` per source, where a
+    source is a spatial batch (``mask`` and ``offsets`` None: the block's input) or the
+    packed values, mask and offsets of an earlier layer's output. Returns the packed
+    values, mask and offsets of this layer's output, and the threshold it used.
     """
 
     @staticmethod
-    def forward(ctx, inputs, mask, offsets, weight, bias, cfg: LayerConfig):
+    def forward(ctx, weight, bias, cfg: LayerConfig, *sources):
         backend = ops(weight.device)
-        real = _compute_dtype(inputs, weight)
-        spectrum_in = _layer_input(inputs, mask, offsets, weight.shape[1], cfg.grid, real)
-        kernel = transforms.kernel_spectrum(weight.to(real), cfg.grid)
-        bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(cfg.grid)
-        product = backend.product(spectrum_in, kernel, bias_dc)
-        del spectrum_in
-        out = backend.threshold_compact(product, cfg.beta, cfg.activation, cfg.value_dtype, cfg.grid)
-        ctx.save_for_backward(
-            inputs, mask, offsets, weight, out.values if cfg.activation else None, out.mask, out.offsets
-        )
+        real = _compute_dtype(weight, *sources[::3])
+        product, start = None, 0
+        for (inputs, mask, offsets), channels, shift in zip(_sources(sources), cfg.channels, cfg.shifts):
+            spectrum_in = _layer_input(inputs, mask, offsets, channels, cfg.grid, real)
+            kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
+            bias_dc = None
+            if bias is not None and product is None:
+                bias_dc = bias.to(real) * transforms.bias_scale(cfg.grid)
+            part = backend.product(spectrum_in, kernel, bias_dc)
+            product = part if product is None else product.add_(part)
+            start += channels
+        del spectrum_in, part
+        beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
+        out = backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid)
+        ctx.save_for_backward(weight, out.values if cfg.activation else None, out.mask, out.offsets, *sources)
         ctx.cfg, ctx.real, ctx.has_bias = cfg, real, bias is not None
         ctx.mark_non_differentiable(out.mask, out.offsets)
-        return out.values, out.mask, out.offsets
+        return out.values, out.mask, out.offsets, beta
 
     @staticmethod
-    def backward(ctx, grad_values, _grad_mask, _grad_offsets):
-        inputs, mask, offsets, weight, values, out_mask, out_offsets = ctx.saved_tensors
+    def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
+        weight, values, out_mask, out_offsets, *sources = ctx.saved_tensors
         cfg, real = ctx.cfg, ctx.real
         backend = ops(weight.device)
         if cfg.activation:
@@ -97,25 +130,33 @@ class SpectralLayerFunction(torch.autograd.Function):
         grad_out = CompressedSpectrum(
             grad_values.to(real), out_mask, out_offsets, batch, weight.shape[0], cfg.grid
         )
-        spectrum_in = _layer_input(inputs, mask, offsets, weight.shape[1], cfg.grid, real)
-        kernel = transforms.kernel_spectrum(weight.to(real), cfg.grid)
-        grad_inputs = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            if mask is None:
-                grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
-                grad_inputs = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
-            else:
-                grad_inputs = backend.product_input_grad(grad_out, kernel, spectrum_in)
-            grad_inputs = grad_inputs.to(inputs.dtype)
-        if ctx.needs_input_grad[3]:
-            grad_kernel = backend.product_weight_grad(spectrum_in, grad_out)
-            grad_weight = transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel).to(
-                weight.dtype
-            )
-        if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_sources, grad_kernels, start = [], [], 0
+        for index, ((inputs, mask, offsets), channels, shift) in enumerate(
+            zip(_sources(tuple(sources)), cfg.channels, cfg.shifts)
+        ):
+            spectrum_in = _layer_input(inputs, mask, offsets, channels, cfg.grid, real)
+            kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
+            start += channels
+            grad_inputs = None
+            if ctx.needs_input_grad[3 + 3 * index]:
+                if mask is None:
+                    grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
+                    grad_inputs = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
+                else:
+                    grad_inputs = backend.product_input_grad(grad_out, kernel, spectrum_in)
+                grad_inputs = grad_inputs.to(inputs.dtype)
+            grad_sources += [grad_inputs, None, None]
+            if ctx.needs_input_grad[0]:
+                grad_kernel = backend.product_weight_grad(spectrum_in, grad_out)
+                grad_kernels.append(
+                    transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
+                )
+        grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype) if grad_kernels else None
+        grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[1]:
             grad_bias = _dc_real(grad_out).sum(0) * transforms.bias_scale(cfg.grid)
             grad_bias = grad_bias.to(weight.dtype)
-        return grad_inputs, None, None, grad_weight, grad_bias, None
+        return grad_weight, grad_bias, None, *grad_sources
 
 
 class SpectralOutputFunction(torch.autograd.Function):
@@ -143,52 +184,80 @@ class SpectralOutputFunction(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class SpectralFlow:
-    """What passes between the layers of a block: the block's spatial input before the
-    first layer (``mask`` is None), then the compressed output of the last layer run."""
+    """One source of a block's spectral layers: the block's spatial input (``mask`` is
+    None) or a layer's compressed output. ``offset`` is the circular shift its crop reads
+    with; ``beta`` the threshold the layer that made it used."""
 
     values: torch.Tensor
     mask: torch.Tensor | None
     offsets: torch.Tensor | None
+    channels: int
+    offset: tuple[int, int]
     geom: BlockGeometry
     dtype: torch.dtype
+    beta: float | None = None
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
-        return cls(x, None, None, block_geometry(shapes, (x.shape[-2], x.shape[-1])), x.dtype)
+        geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
+        return cls(x, None, None, x.shape[1], (0, 0), geom, x.dtype)
+
+    @property
+    def density(self) -> float:
+        """Fraction of the spectrum's entries that were kept."""
+        if self.mask is None:
+            return 1.0
+        return self.values.shape[0] / max(self.mask.shape[0] * self.geom.bins, 1)
 
 
 def spectral_layer(
-    flow: SpectralFlow,
+    sources: SpectralFlow | Sequence[SpectralFlow],
     weight: torch.Tensor,
     bias: torch.Tensor | None,
+    padding: tuple[int, int],
     beta: float,
     activation: str | None,
     value_dtype: torch.dtype | None = None,
+    density: float | None = None,
 ) -> SpectralFlow:
-    """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh."""
+    """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
+
+    With several ``sources`` (channels concatenated in order), each source's kernel is
+    shifted so that the contributions line up before they are summed.
+    """
+    sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
+    first = sources[0]
+    target = tuple(max(s.offset[a] for s in sources) + padding[a] for a in range(2))
     cfg = LayerConfig(
-        grid=flow.geom.grid,
-        size=flow.geom.size,
+        grid=first.geom.grid,
+        size=first.geom.size,
         kernel=(weight.shape[2], weight.shape[3]),
         beta=beta,
         activation=activation == "split_tanh",
         value_dtype=value_dtype,
+        channels=tuple(s.channels for s in sources),
+        shifts=tuple(
+            (target[0] - padding[0] - s.offset[0], target[1] - padding[1] - s.offset[1]) for s in sources
+        ),
+        density=density,
     )
-    values, mask, offsets = SpectralLayerFunction.apply(
-        flow.values, flow.mask, flow.offsets, weight, bias, cfg
-    )
-    return SpectralFlow(values, mask, offsets, flow.geom, flow.dtype)
+    tensors = [t for s in sources for t in (s.values, s.mask, s.offsets)]
+    values, mask, offsets, used = SpectralLayerFunction.apply(weight, bias, cfg, *tensors)
+    return SpectralFlow(values, mask, offsets, weight.shape[0], target, first.geom, first.dtype, used)
 
 
-def spectral_output(flow: SpectralFlow, channels: int) -> torch.Tensor:
-    """The block's spatial output from the last layer's compressed spectrum."""
-    return SpectralOutputFunction.apply(flow.values, flow.mask, flow.offsets, channels, flow.geom, flow.dtype)
+def spectral_output(flow: SpectralFlow) -> torch.Tensor:
+    """The spatial output of a source: a compressed one goes through the inverse FFT."""
+    if flow.mask is None:
+        return flow.values
+    geom = replace(flow.geom, offset=flow.offset)
+    return SpectralOutputFunction.apply(flow.values, flow.mask, flow.offsets, flow.channels, geom, flow.dtype)
 
 
-def empty_output(x: torch.Tensor, weights: Sequence[torch.Tensor], geom: BlockGeometry) -> torch.Tensor:
+def empty_output(x: torch.Tensor, weights: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:
     """The output of a block for an empty batch, still connected to the weights."""
     anchor = sum(w.sum() for w in weights) * 0 + x.sum() * 0
-    return anchor.to(x.dtype).expand(0, weights[-1].shape[0], *geom.out)
+    return anchor.to(x.dtype).expand(0, channels, *size)
 
 
 def spectral_block(
@@ -207,10 +276,10 @@ def spectral_block(
     """
     flow = SpectralFlow.start(x, shapes)
     if x.shape[0] == 0:
-        return empty_output(x, weights, flow.geom)
-    for weight, bias, beta, activation in zip(weights, biases, betas, activations):
-        flow = spectral_layer(flow, weight, bias, beta, activation, value_dtype)
-    return spectral_output(flow, weights[-1].shape[0])
+        return empty_output(x, weights, weights[-1].shape[0], flow.geom.out)
+    for weight, bias, shape, beta, activation in zip(weights, biases, shapes, betas, activations):
+        flow = spectral_layer(flow, weight, bias, shape.padding, beta, activation, value_dtype)
+    return spectral_output(flow)
 
 
 def spectral_conv2d(

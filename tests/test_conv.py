@@ -160,15 +160,39 @@ def test_functional_api_matches_conv2d():
 
 def test_threshold_keeps_only_entries_above_beta():
     from spectriton import transforms
-    from spectriton.functional import LayerConfig, SpectralLayerFunction
+    from spectriton.functional import SpectralFlow, spectral_layer
 
     x, w = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3)
-    grid = (11, 11)
-    cfg = LayerConfig(grid=grid, size=(9, 9), kernel=(3, 3), beta=1.0, activation=False, value_dtype=None)
-    values, mask, offsets = SpectralLayerFunction.apply(x, None, None, w, None, cfg)
+    flow = SpectralFlow.start(x, [LayerShape((3, 3), (0, 0), (1, 1))])
+    out = spectral_layer(flow, w, None, (0, 0), 1.0, None)
+    grid = flow.geom.grid
     y = torch.einsum(
         "ncij,ocij->noij", transforms.map_spectrum(x, grid), transforms.kernel_spectrum(w, grid).conj()
     )
-    compressed = st.CompressedSpectrum(values, mask, offsets, 2, 4, grid)
+    compressed = st.CompressedSpectrum(out.values, out.mask, out.offsets, 2, 4, grid)
     assert torch.equal(compressed.keep().view(y.shape), y.abs() > 1.0)
     torch.testing.assert_close(compressed.to_dense(), torch.where(y.abs() > 1.0, y, 0))
+
+
+def test_dense_block_lines_up_its_sources():
+    """Linear layers (beta 0, no activation): away from the circular border, a dense
+    block equals DenseNet's spatial concatenation of convolutions."""
+    block = st.SpectralDenseBlock(3, 4, layers=2, activation=None)
+    x = torch.randn(2, 3, 16, 16)
+    y = block(x)
+    assert y.shape == (2, 3 + 2 * 4, 16, 16)
+    features = [x]
+    for layer in block.layers:
+        features.append(F.conv2d(torch.cat(features, 1), layer.weight, layer.bias, padding=1))
+    expected = torch.cat(features, 1)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    torch.testing.assert_close(y[inner], expected[inner], atol=1e-5, rtol=1e-5)
+    # The first layer alone is exact everywhere: its input is zero-padded, not circular.
+    torch.testing.assert_close(y[:, 3:7], expected[:, 3:7], atol=1e-5, rtol=1e-5)
+
+
+def test_dense_block_trains_a_step_in_specnet_mode():
+    block = st.SpectralDenseBlock(4, 8, layers=3, beta=0.3)
+    x = torch.randn(2, 4, 16, 16)
+    block(x).square().mean().backward()
+    assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0 for layer in block.layers)

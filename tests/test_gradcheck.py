@@ -4,6 +4,8 @@ Thresholds are chosen in a gap of the spectrum's magnitudes, so finite differenc
 flip a keep decision (the threshold's derivative is the keep-mask almost everywhere).
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import safe_beta
@@ -11,7 +13,7 @@ from torch.autograd import gradcheck
 
 from spectriton import transforms
 from spectriton.activation import SplitTanhFunction
-from spectriton.functional import LayerConfig, SpectralLayerFunction, SpectralOutputFunction, spectral_block
+from spectriton.functional import SpectralFlow, spectral_block, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape, block_geometry
 from spectriton.pooling import CompactMaxPoolFunction
 
@@ -34,11 +36,11 @@ def test_first_layer(size, k, p, activation):
     b = torch.randn(3, dtype=D, requires_grad=True)
     geom = block_geometry([LayerShape((k, k), (p, p), (1, 1))], size)
     beta = safe_beta(_product_magnitudes(x.detach(), w.detach(), b.detach(), geom.grid), 0.4)
-    cfg = LayerConfig(geom.grid, size, (k, k), beta, activation, None)
+    act = "split_tanh" if activation else None
 
     def f(x, w, b):
-        values, mask, offsets = SpectralLayerFunction.apply(x, None, None, w, b, cfg)
-        return SpectralOutputFunction.apply(values, mask, offsets, 3, geom, x.dtype)
+        flow = SpectralFlow.start(x, [LayerShape((k, k), (p, p), (1, 1))])
+        return spectral_output(spectral_layer(flow, w, b, (p, p), beta, act))
 
     assert gradcheck(f, (x, w, b))
 
@@ -73,21 +75,33 @@ def _safe_block_betas(x, weights, biases, shapes, quantile=0.3):
 
 
 def test_later_layer_input_gradient_is_packed():
-    grid = (7, 7)
-    geom = block_geometry([LayerShape((3, 3), (1, 1), (1, 1))], (5, 5))
+    shape = LayerShape((3, 3), (1, 1), (1, 1))
     x = torch.randn(2, 2, 5, 5, dtype=D)
     w1 = 0.5 * torch.randn(3, 2, 3, 3, dtype=D)
-    cfg1 = LayerConfig(grid, (5, 5), (3, 3), 0.0, True, None)
-    values, mask, offsets = SpectralLayerFunction.apply(x, None, None, w1, None, cfg1)
-    values = values.detach().requires_grad_()
+    first = spectral_layer(SpectralFlow.start(x, [shape, shape]), w1, None, (1, 1), 0.0, "split_tanh")
+    values = first.values.detach().requires_grad_()
     w2 = (0.5 * torch.randn(2, 3, 3, 3, dtype=D)).requires_grad_()
-    cfg2 = LayerConfig(grid, (5, 5), (3, 3), 0.0, True, None)
 
     def f(values, w2):
-        out = SpectralLayerFunction.apply(values, mask, offsets, w2, None, cfg2)
-        return SpectralOutputFunction.apply(*out, 2, geom, D)
+        flow = replace(first, values=values)
+        return spectral_output(spectral_layer(flow, w2, None, (1, 1), 0.0, "split_tanh"))
 
     assert gradcheck(f, (values, w2))
+
+
+def test_dense_block_layer_with_two_sources():
+    """A layer reading the block input and an earlier layer's output (DenseNet style)."""
+    shape = LayerShape((3, 3), (1, 1), (1, 1))
+    x = torch.randn(2, 2, 5, 5, dtype=D, requires_grad=True)
+    w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
+    w2 = (0.5 * torch.randn(2, 5, 3, 3, dtype=D)).requires_grad_()
+
+    def f(x, w1, w2):
+        start = SpectralFlow.start(x, [shape, shape])
+        first = spectral_layer(start, w1, None, (1, 1), 0.0, "split_tanh")
+        return spectral_output(spectral_layer([start, first], w2, None, (1, 1), 0.0, "split_tanh"))
+
+    assert gradcheck(f, (x, w1, w2))
 
 
 def test_compact_max_pool():

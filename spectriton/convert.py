@@ -1,0 +1,452 @@
+"""Swap spectral layers into an existing model, say what would change, and swap them back.
+
+:func:`convert` walks the model once, container by container (a post-order walk in the
+style of torchao's ``convert_to_float8_training``), and edits it in place:
+
+- ``activation=None``: every eligible ``nn.Conv2d`` becomes a
+  :class:`~spectriton.SpectralConv2d` sharing its parameters.
+- ``activation="split_tanh"`` (SpecNet): each container's ``forward`` is traced with
+  ``torch.fx`` (its children as leaves). A convolution followed by ``BatchNorm2d`` and/or
+  ``ReLU`` becomes a spectral layer with split tanh, the BN and ReLU are bypassed;
+  consecutive such convolutions at one resolution share one spectral block; a
+  convolution followed by neither keeps a threshold but no activation. ``MaxPool2d(2)``
+  becomes the compact pool. The container keeps its class: only its ``forward`` is
+  replaced, by the rewritten graph's. Where a forward does not trace, its convolutions
+  are swapped alone (threshold, no activation).
+
+Ineligible layers are skipped with a reason: groups > 1, dilation > 1, a padding mode
+other than zeros, 1x1 kernels (nothing to gain), ``filter_fn`` returning False.
+:func:`plan` returns the same decisions without touching the model; :func:`revert`
+undoes a conversion.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from spectriton import _checks
+from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential, run_layers
+from spectriton.pooling import CompactMaxPool2d
+
+_STATE = "_spectriton_converted"  # on a container whose forward convert replaced
+
+
+@dataclass
+class PlanRow:
+    """What :func:`convert` does to one module."""
+
+    name: str
+    kind: str
+    action: str
+    reason: str = ""
+
+
+class Plan(list):
+    """Rows of :class:`PlanRow`, printable as a table."""
+
+    def table(self) -> str:
+        widths = [max([len(h)] + [len(getattr(r, f)) for r in self]) for h, f in _COLUMNS]
+        lines = ["  ".join(h.ljust(w) for (h, _), w in zip(_COLUMNS, widths)).rstrip()]
+        lines.append("-" * len(lines[0]))
+        for row in self:
+            lines.append("  ".join(getattr(row, f).ljust(w) for (_, f), w in zip(_COLUMNS, widths)).rstrip())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+_COLUMNS = [("module", "name"), ("type", "kind"), ("action", "action"), ("reason", "reason")]
+
+
+@dataclass(frozen=True)
+class _Options:
+    beta: float
+    density: float | None
+    activation: str | None
+    value_dtype: torch.dtype | None
+    filter_fn: Callable[[nn.Module, str], bool] | None
+
+    def layer(self, conv: nn.Conv2d, activation: str | None) -> SpectralConv2d:
+        layer = SpectralConv2d.from_conv(
+            conv, beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype
+        )
+        _copy_hooks(conv, layer)
+        return layer
+
+
+def _options(model, beta, activation, density, filter_fn, value_dtype) -> _Options:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError("filter_fn must be callable as filter_fn(module, qualified_name) -> bool")
+    beta, density = _checks.beta_or_density(beta, density)
+    return _Options(
+        beta, density, _checks.activation(activation), _checks.value_dtype(value_dtype), filter_fn
+    )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _conv_skip_reason(conv: nn.Conv2d, fqn: str, opts: _Options) -> str:
+    """Why ``conv`` stays spatial, or "" if it can be converted."""
+    if conv.groups != 1:
+        return f"groups={conv.groups} (grouped convolutions are not supported)"
+    if conv.dilation != (1, 1):
+        return f"dilation={conv.dilation} (dilated convolutions are not supported)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (the spectral grid is zero-padded)"
+    if conv.kernel_size == (1, 1):
+        return "1x1 kernel: nothing to gain in the spectral domain"
+    if conv.padding == "same" and any(k % 2 == 0 for k in conv.kernel_size):
+        return "padding='same' with an even kernel (asymmetric padding)"
+    if opts.filter_fn is not None and not opts.filter_fn(conv, fqn):
+        return "filter_fn returned False"
+    return ""
+
+
+def _pool_skip_reason(pool: nn.MaxPool2d, fqn: str, opts: _Options) -> str:
+    k = _pair(pool.kernel_size)
+    if _pair(pool.stride or pool.kernel_size) != k or _pair(pool.padding) != (0, 0):
+        shape = f"kernel {k}, stride {_pair(pool.stride)}, padding {_pair(pool.padding)}"
+        return f"{shape}: only stride = kernel and no padding"
+    if _pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
+        return "dilation, ceil_mode or return_indices set"
+    if k[0] * k[1] > 256:
+        return "window of more than 256 positions"
+    if opts.filter_fn is not None and not opts.filter_fn(pool, fqn):
+        return "filter_fn returned False"
+    return ""
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class _ChildTracer(fx.Tracer):
+    """Traces one container's own forward: every submodule call stays a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+_ACTIVATIONS = (nn.ReLU,)
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
+
+
+@dataclass
+class _Chain:
+    """Convolutions (child names) that become one spectral block, and the nodes they replace."""
+
+    convs: list[str] = field(default_factory=list)
+    nodes: list[fx.Node] = field(default_factory=list)
+    absorbed: list[str] = field(default_factory=list)
+    activated: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class _ContainerEdit:
+    """What convert does to one container: child swaps and, maybe, a new forward."""
+
+    fqn: str
+    module: nn.Module
+    swaps: dict[str, nn.Module] = field(default_factory=dict)
+    graph: fx.Graph | None = None
+    frozen: list[nn.Parameter] = field(default_factory=list)
+
+
+class _Analysis:
+    def __init__(self, model: nn.Module, opts: _Options) -> None:
+        self.opts, self.rows, self.edits = opts, Plan(), []
+        self.root_swap: nn.Module | None = None
+        if isinstance(model, nn.Conv2d):  # a bare convolution: nothing to trace
+            reason = _conv_skip_reason(model, "", opts)
+            self.rows.append(PlanRow("(root)", "Conv2d", "skip" if reason else "spectral conv", reason))
+            if not reason:
+                self.root_swap = opts.layer(model, None)
+            return
+        for fqn, module in model.named_modules():
+            if isinstance(module, (SpectralConv2d, SpectralSequential, SpectralDenseBlock)):
+                continue
+            self._container(fqn, module)
+
+    def _children(self, module: nn.Module, fqn: str):
+        convs, pools = {}, {}
+        for name, child in module.named_children():
+            child_fqn = _join(fqn, name)
+            if type(child) is nn.Conv2d:
+                convs[name] = (child, _conv_skip_reason(child, child_fqn, self.opts))
+            elif type(child) is nn.MaxPool2d and self.opts.activation is not None:
+                pools[name] = (child, _pool_skip_reason(child, child_fqn, self.opts))
+        return convs, pools
+
+    def _container(self, fqn: str, module: nn.Module) -> None:
+        convs, pools = self._children(module, fqn)
+        if not convs and not pools:
+            return
+        edit = _ContainerEdit(fqn, module)
+        for name, (pool, reason) in pools.items():
+            self.rows.append(
+                PlanRow(_join(fqn, name), "MaxPool2d", "skip" if reason else "compact pool", reason)
+            )
+            if not reason:
+                edit.swaps[name] = CompactMaxPool2d(pool.kernel_size)
+                _copy_hooks(pool, edit.swaps[name])
+        eligible = {name: conv for name, (conv, reason) in convs.items() if not reason}
+        for name, (_, reason) in convs.items():
+            if reason:
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "skip", reason))
+        if self.opts.activation is None or not eligible:
+            for name, conv in eligible.items():
+                self.rows.append(
+                    PlanRow(_join(fqn, name), "Conv2d", "spectral conv", "linear: threshold only")
+                )
+                edit.swaps[name] = self.opts.layer(conv, None)
+        else:
+            self._specnet(edit, eligible)
+        self.edits.append(edit)
+
+    def _specnet(self, edit: _ContainerEdit, eligible: dict[str, nn.Conv2d]) -> None:
+        fqn, module = edit.fqn, edit.module
+        try:
+            graph = _ChildTracer().trace(module)
+        except Exception as error:  # any failure to trace means: swap the convolutions alone
+            why = f"forward does not trace ({type(error).__name__}): conv swapped alone, threshold only"
+            for name, conv in eligible.items():
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", why))
+                edit.swaps[name] = self.opts.layer(conv, None)
+            return
+        calls = _module_calls(graph)
+        for name, conv in list(eligible.items()):
+            if calls.get(name, 0) != 1:
+                why = (
+                    "not called by forward" if name not in calls else "called more than once: threshold only"
+                )
+                self.rows.append(
+                    PlanRow(_join(fqn, name), "Conv2d", "skip" if name not in calls else "spectral conv", why)
+                )
+                if name in calls:
+                    edit.swaps[name] = self.opts.layer(conv, None)
+                del eligible[name]
+        chains = _find_chains(graph, module, eligible, calls)
+        for chain in chains:
+            head = _join(fqn, chain.convs[0])
+            for index, (name, activated) in enumerate(zip(chain.convs, chain.activated)):
+                action = "spectral layer" if activated else "spectral conv"
+                reason = "split tanh" if activated else "no BN/ReLU after it: threshold only"
+                if len(chain.convs) > 1:
+                    reason += f"; layer {index} of the block at {head}"
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", action, reason))
+                edit.swaps[name] = self.opts.layer(eligible[name], "split_tanh" if activated else None)
+            for name in chain.absorbed:
+                kind = type(module.get_submodule(name)).__name__ if name in calls else name
+                self.rows.append(
+                    PlanRow(_join(fqn, name), kind, "bypassed", f"absorbed by the layer at {head}")
+                )
+        if any(chain.absorbed or len(chain.convs) > 1 for chain in chains):
+            _rewrite(graph, chains)
+            edit.graph = graph
+            for chain in chains:
+                for name in chain.absorbed:
+                    if name in calls and calls[name] == 1:
+                        edit.frozen += [p for p in module.get_submodule(name).parameters() if p.requires_grad]
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        if self.root_swap is not None:
+            return self.root_swap
+        for edit in self.edits:
+            for name, new in edit.swaps.items():
+                setattr(edit.module, name, new)
+            if edit.graph is not None:
+                _replace_forward(edit.module, edit.graph, edit.frozen)
+        return model
+
+
+def _module_calls(graph: fx.Graph) -> dict[str, int]:
+    """How many times each child module is called in the traced forward."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
+
+
+def _is_activation(node: fx.Node, module: nn.Module) -> bool:
+    if node.op == "call_module":
+        return type(module.get_submodule(node.target)) in _ACTIVATIONS
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    if len(users) != 1 or users[0].args[:1] != (node,):
+        return None
+    return users[0]
+
+
+def _find_chains(graph, module, eligible, calls) -> list[_Chain]:
+    """Convolution chains in the traced graph: conv [BN] [ReLU], then the next conv when
+    the previous one keeps the resolution (stride 1, size-preserving padding)."""
+    chains, used = [], set()
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in eligible or node in used:
+            continue
+        chain, current = _Chain(), node
+        while True:
+            chain.convs.append(current.target)
+            chain.nodes.append(current)
+            used.add(current)
+            end, activated = current, False
+            for kind in ("bn", "act"):
+                user = _only_user(end)
+                if user is None:
+                    break
+                is_bn = user.op == "call_module" and type(module.get_submodule(user.target)) is nn.BatchNorm2d
+                if (kind == "bn" and is_bn) or (kind == "act" and _is_activation(user, module)):
+                    chain.nodes.append(user)
+                    chain.absorbed.append(user.target if user.op == "call_module" else str(user.target))
+                    end, activated = user, True
+            chain.activated.append(activated)
+            conv = eligible[current.target]
+            user = _only_user(end)
+            same_size = conv.stride == (1, 1) and conv.padding in (
+                "same",
+                tuple(k // 2 for k in conv.kernel_size),
+            )
+            odd = all(k % 2 == 1 for k in conv.kernel_size)
+            if not (activated and same_size and odd and user is not None):
+                break
+            if user.op != "call_module" or user.target not in eligible or user in used or len(user.args) != 1:
+                break
+            current = user
+        chains.append(chain)
+    return chains
+
+
+def _rewrite(graph: fx.Graph, chains: list[_Chain]) -> None:
+    """Replace each chain's nodes by one call running its layers as a spectral block."""
+    for chain in chains:
+        if not chain.absorbed and len(chain.convs) == 1:
+            continue
+        first, last = chain.nodes[0], chain.nodes[-1]
+        with graph.inserting_before(first):
+            layers = [graph.get_attr(name) for name in chain.convs]
+            block = graph.call_function(run_layers, (layers, first.args[0]))
+        last.replace_all_uses_with(block)
+        for node in reversed(chain.nodes):
+            graph.erase_node(node)
+    graph.lint()
+
+
+def _replace_forward(module: nn.Module, graph: fx.Graph, frozen: list[nn.Parameter]) -> None:
+    """Give ``module`` the rewritten graph's forward, keeping its class and children."""
+    code = fx.GraphModule(module, graph)
+    module.forward = types.MethodType(type(code).forward, module)
+    for p in frozen:
+        p.requires_grad_(False)
+    setattr(module, _STATE, frozen)
+
+
+def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
+    for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+        getattr(target, attr).update(getattr(source, attr))
+
+
+def plan(
+    model: nn.Module,
+    *,
+    beta: float = _checks.DEFAULT_BETA,
+    activation: str | None = "split_tanh",
+    density: float | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    value_dtype: torch.dtype | None = None,
+) -> Plan:
+    """What :func:`convert` would do with the same options: one row per convolution,
+    pool and bypassed layer (qualified name, type, action, reason). The model is not
+    touched."""
+    return _Analysis(model, _options(model, beta, activation, density, filter_fn, value_dtype)).rows
+
+
+def convert(
+    model: nn.Module,
+    *,
+    beta: float = _checks.DEFAULT_BETA,
+    activation: str | None = "split_tanh",
+    density: float | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    value_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Swap spectral layers into ``model`` in place and return it (see the module doc).
+
+    ``filter_fn(module, qualified_name) -> bool`` chooses which convolutions and pools to
+    swap. ``density`` replaces ``beta`` by a per-layer budget of kept entries. Parameters
+    are shared, not copied; device, dtype, training flag, buffers and the hooks of swapped
+    modules are kept.
+    """
+    opts = _options(model, beta, activation, density, filter_fn, value_dtype)
+    return _Analysis(model, opts).apply(model)
+
+
+def _to_conv(layer: SpectralConv2d) -> nn.Conv2d:
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        bias=layer.bias is not None,
+        device="meta",
+    )
+    conv.weight, conv.bias = layer.weight, layer.bias
+    _copy_hooks(layer, conv)
+    return conv
+
+
+def _reverted(module: nn.Module) -> nn.Module | None:
+    """The spatial twin of a spectral module, or None if ``module`` is not spectral."""
+    if isinstance(module, SpectralConv2d):
+        return _to_conv(module)
+    if isinstance(module, CompactMaxPool2d):
+        return nn.MaxPool2d(module.kernel_size)
+    if isinstance(module, SpectralSequential):
+        return nn.Sequential(*[_to_conv(layer) for layer in module])
+    return None
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Spectral layers back to ``nn.Conv2d`` (current weights, shared), compact pools back to
+    ``nn.MaxPool2d``, converted containers back to their own ``forward``; returns the model.
+
+    What cannot be undone: the weights trained in the spectral domain stay as trained;
+    BN and ReLU layers that a SpecNet conversion bypassed come back as they were before
+    it (their parameters did not train meanwhile); a ``SpectralSequential`` becomes an
+    ``nn.Sequential`` of its convolutions without activations, a ``SpectralDenseBlock``
+    is left as it is (it has no spatial twin), and density thresholds are dropped.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    root = _reverted(model)
+    if root is not None:
+        return root
+    for module in list(model.modules()):
+        if hasattr(module, _STATE):
+            for p in getattr(module, _STATE):
+                p.requires_grad_(True)
+            delattr(module, _STATE)
+            del module.forward
+        if isinstance(module, SpectralDenseBlock):
+            continue
+        for name, child in list(module.named_children()):
+            twin = _reverted(child)
+            if twin is not None:
+                setattr(module, name, twin)
+    return model

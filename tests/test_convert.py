@@ -1,0 +1,208 @@
+"""convert / plan / revert on hand-made and torchvision models."""
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton.memory import saved_bytes
+
+torchvision = pytest.importorskip("torchvision")
+TORCHVISION = ["vgg11_bn", "resnet18", "densenet121"]
+
+
+def _torchvision(name):
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(num_classes=10).eval()
+
+
+def _convs(model):
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_linear_mode_keeps_outputs_and_revert_restores_them(name):
+    model = _torchvision(name)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        st.convert(model, activation=None, beta=0.0)
+        assert any(isinstance(m, st.SpectralConv2d) for m in model.modules())
+        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
+        st.revert(model)
+        assert not any(isinstance(m, st.SpectralConv2d) for m in model.modules())
+        torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_specnet_mode_trains_a_step_and_plan_lists_every_convolution(name):
+    model = _torchvision(name)
+    convs = _convs(model)
+    rows = st.plan(model)
+    assert {r.name for r in rows if r.kind == "Conv2d"} == set(convs)
+    assert _convs(model) == convs  # plan touched nothing
+    st.convert(model).train()
+    spectral = [m for m in model.modules() if isinstance(m, st.SpectralConv2d)]
+    assert len(spectral) == sum(r.action.startswith("spectral") for r in rows)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(m.weight.grad is not None for m in spectral)
+
+
+def test_specnet_mode_merges_resnet_basic_blocks_and_saves_memory():
+    model = _torchvision("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    before = saved_bytes(model, x).total
+    rows = {r.name: r for r in st.plan(model)}
+    assert "layer 1 of the block at layer1.0.conv1" in rows["layer1.0.conv2"].reason
+    assert rows["layer1.0.bn1"].action == "bypassed"
+    assert rows["layer2.0.downsample.0"].action == "skip"  # 1x1
+    st.convert(model, beta=1.0)
+    assert saved_bytes(model, x).total < before
+
+
+def test_specnet_revert_without_training_restores_outputs():
+    model = _torchvision("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        st.convert(model)
+        assert not torch.allclose(model(x), expected)
+        st.revert(model)
+        torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def _vgg_like():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
+
+
+def test_sequential_pattern_becomes_one_block_and_a_compact_pool():
+    model = _vgg_like()
+    st.convert(model, beta=0.5)
+    assert isinstance(model[0], st.SpectralConv2d) and model[0].activation == "split_tanh"
+    assert isinstance(model[3], st.SpectralConv2d) and model[3].activation == "split_tanh"
+    assert isinstance(model[6], st.CompactMaxPool2d)
+    assert isinstance(model[7], st.SpectralConv2d) and model[7].activation is None  # nothing after it
+    assert isinstance(model, nn.Sequential) and isinstance(model[1], nn.BatchNorm2d)  # kept, bypassed
+    assert not any(p.requires_grad for p in model[1].parameters())
+    report = saved_bytes(model, torch.randn(2, 3, 16, 16))
+    assert "1" not in report.per_module and "2" not in report.per_module  # BN/ReLU no longer run
+    pooled = []
+    model[6].register_forward_hook(lambda m, i, o: pooled.append(i[0]))
+    x = torch.randn(2, 3, 16, 16)
+    model(x)
+    torch.testing.assert_close(pooled[0], st.SpectralSequential(model[0], model[3])(x))
+
+
+def test_keeps_device_dtype_training_flag_buffers_and_hooks():
+    model = _vgg_like().double().train()
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    buffers = {name for name, _ in model.named_buffers()}
+    st.convert(model, activation=None, beta=0.0)
+    assert model.training and model[0].weight.dtype == torch.float64
+    assert {name for name, _ in model.named_buffers()} == buffers
+    model(torch.randn(1, 3, 16, 16, dtype=torch.float64))
+    assert seen == ["SpectralConv2d"]
+
+
+def test_density_mode_adds_a_threshold_buffer():
+    model = _vgg_like()
+    st.convert(model, density=0.1)
+    assert torch.isnan(model[0].threshold)
+    model(torch.randn(2, 3, 16, 16))
+    assert torch.isfinite(model[0].threshold)
+
+
+def test_filter_fn_and_skip_reasons():
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, groups=2),
+        nn.Conv2d(4, 4, 3, dilation=2),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(4, 4, 1),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1),
+    )
+    rows = st.plan(model, activation=None, filter_fn=lambda m, fqn: fqn != "5")
+    reasons = {r.name: r.reason for r in rows}
+    assert "groups=2" in reasons["0"] and "dilation" in reasons["1"] and "padding_mode" in reasons["2"]
+    assert "1x1" in reasons["3"] and "filter_fn" in reasons["5"]
+    assert [r.action for r in rows if r.name == "4"] == ["spectral conv"]
+    st.convert(model, activation=None, filter_fn=lambda m, fqn: fqn != "5")
+    assert [type(m).__name__ for m in model] == ["Conv2d"] * 4 + ["SpectralConv2d", "Conv2d"]
+    assert "module" in str(rows) and "reason" in rows.table()
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            x = -x
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_untraceable_forward_falls_back_to_conv_only():
+    model = _Untraceable()
+    rows = st.plan(model)
+    assert rows[0].action == "spectral conv" and "does not trace" in rows[0].reason
+    st.convert(model)
+    assert isinstance(model.conv, st.SpectralConv2d) and model.conv.activation is None
+    model(torch.randn(1, 3, 8, 8))
+
+
+def test_a_bare_conv_and_a_zoo_model():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    layer = st.convert(conv, activation=None, beta=0.0)
+    assert isinstance(layer, st.SpectralConv2d) and layer.weight is conv.weight
+    assert isinstance(st.revert(layer), nn.Conv2d)
+    spec = st.models.lenet5(spectral=True)
+    reverted = st.revert(spec)
+    assert not any(isinstance(m, (st.SpectralConv2d, st.CompactMaxPool2d)) for m in reverted.modules())
+
+
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda: st.convert("model"), TypeError, ["model", "Module"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), beta=-1.0), ValueError, ["beta"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), beta=0.5, density=0.1), ValueError, ["beta", "density"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), density=0.0), ValueError, ["density", "(0, 1]"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), density=2.0), ValueError, ["density"]),
+        (lambda: st.plan(nn.Conv2d(1, 1, 3), activation="relu"), ValueError, ["activation"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), filter_fn=3), TypeError, ["filter_fn"]),
+        (lambda: st.revert(None), TypeError, ["model"]),
+    ],
+    ids=[
+        "non-module",
+        "negative beta",
+        "beta and density",
+        "density 0",
+        "density 2",
+        "activation",
+        "filter",
+        "revert",
+    ],
+)
+def test_bad_input(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    assert all(w in str(info.value) for w in words)

@@ -1,0 +1,118 @@
+"""The paper's four networks in both forms, and the density budget."""
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton import models
+from spectriton.memory import saved_bytes
+
+
+def _batch(name, n=4):
+    size = models.input_size(name)
+    return torch.randn(n, 1, size, size), torch.randint(0, 10, (n,))
+
+
+@pytest.mark.parametrize("spectral", [False, True], ids=["spatial", "spec"])
+@pytest.mark.parametrize("name", models.MODELS)
+def test_trains_a_step(name, spectral):
+    model = models.build(name, spectral=spectral)
+    x, y = _batch(name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters())]
+    assert sum(changed) >= len(changed) - 1  # every layer learns (allow one dead bias)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_both_forms_have_the_same_convolution_widths(name):
+    def widths(model):
+        return [m.out_channels for m in model.modules() if isinstance(m, (nn.Conv2d, st.SpectralConv2d))]
+
+    spatial, spec = widths(models.build(name)), widths(models.build(name, spectral=True))
+    if name == "densenet":  # the spatial form adds 1x1 bottlenecks (4 x growth)
+        spatial = [w for w in spatial if w != 4 * 64]
+    assert spatial == spec
+
+
+# Output size after each block, then after each pool (paper Tables 1, 3, 4, 5).
+BLOCK_SIZES = {
+    "lenet5": [24, 12, 8, 4],
+    "alexnet": [32, 16, 16, 8, 8, 4],
+    "vgg16": [32, 16, 16, 8, 8, 4],
+    "densenet": [32, 16, 16, 1],
+}
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_block_output_sizes_match_the_tables(name):
+    model = models.build(name, spectral=True)
+    x, _ = _batch(name, 1)
+    sizes = []
+    for module in model.features:
+        x = module(x)
+        sizes.append(x.shape[-1])
+    assert sizes == BLOCK_SIZES[name]
+
+
+def test_spectral_grids_follow_the_tables():
+    from spectriton.geometry import block_geometry
+
+    vgg = models.build("vgg16", spectral=True)
+    blocks = [m for m in vgg.features if isinstance(m, st.SpectralSequential)]
+    grids = [block_geometry([layer.shape for layer in b], (s, s)).grid for b, s in zip(blocks, (32, 16, 8))]
+    assert grids == [(34, 34), (18, 18), (10, 10)]
+
+
+def test_beta_and_density_are_exclusive():
+    with pytest.raises(ValueError, match="either beta or density"):
+        models.lenet5(spectral=True, beta=0.5, density=0.1)
+    with pytest.raises(ValueError, match="density"):
+        models.lenet5(spectral=True, density=1.5)
+    with pytest.raises(ValueError, match="model must be one of"):
+        models.build("resnet")
+
+
+def _kept_fractions(model, x):
+    model.train()
+    model(x)
+    return [m.last_density for m in model.modules() if isinstance(m, st.SpectralConv2d)]
+
+
+def test_a_fixed_high_beta_starves_deep_layers_but_a_density_budget_keeps_them_alive():
+    torch.manual_seed(0)
+    x, _ = _batch("vgg16", 4)
+    starved = _kept_fractions(models.vgg16(spectral=True, beta=3.0), x)
+    assert min(starved) == 0.0  # the failure mode the budget exists for
+    budget = _kept_fractions(models.vgg16(spectral=True, density=0.05), x)
+    assert min(budget) > 0.02 and max(budget) < 0.1
+
+
+def test_density_budget_sets_memory():
+    torch.manual_seed(0)
+    x, _ = _batch("alexnet", 8)
+    small = saved_bytes(models.alexnet(spectral=True, density=0.05), x).total
+    large = saved_bytes(models.alexnet(spectral=True, density=0.2), x).total
+    assert small < 0.7 * large
+
+
+def test_density_threshold_is_a_running_buffer_used_in_eval():
+    layer = st.SpectralConv2d(3, 8, 3, padding=1, activation="split_tanh", density=0.1)
+    assert torch.isnan(layer.threshold)
+    x = torch.randn(4, 3, 16, 16)
+    layer.train()
+    layer(x)
+    first = layer.threshold.clone()
+    assert torch.isfinite(first) and first > 0
+    layer(2 * x)
+    assert layer.threshold > first  # moved toward the larger batch's quantile, not jumped
+    layer.eval()
+    frozen = layer.threshold.clone()
+    layer(3 * x)
+    assert torch.equal(layer.threshold, frozen)
+    assert "threshold" in layer.state_dict()
