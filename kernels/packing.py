@@ -11,6 +11,7 @@ import triton.language as tl
 from spectriton.kernels._bits import packed_index
 
 from spectriton.compressed import CompressedSpectrum, word_prefix
+from spectriton.nvtx import ranged
 
 BLOCK = 256
 
@@ -43,6 +44,7 @@ def spectral_pack_kernel(
         tl.store(values_ptr + index * 2 + part, v.to(values_ptr.dtype.element_ty), mask=kept)
 
 
+@ranged("unpack")
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.unpack`."""
     dense = torch.empty(spectrum.shape, dtype=spectrum.dense_dtype, device=spectrum.values.device)
@@ -61,6 +63,7 @@ def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
     return dense
 
 
+@ranged("pack")
 def pack(dense: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.pack`."""
     pairs = torch.view_as_real(dense.contiguous())

@@ -26,6 +26,7 @@ import triton.language as tl
 from spectriton.kernels._bits import packed_index
 
 from spectriton.compressed import CompressedSpectrum, word_prefix, words_per_map
+from spectriton.nvtx import ranged
 
 
 def _configs(names: tuple[str, ...], sizes: list[tuple[int, ...]]) -> list[triton.Config]:
@@ -203,6 +204,7 @@ def _sizes(spectrum: CompressedSpectrum | torch.Tensor) -> tuple[int, int, int, 
     return batch, channels, rows * cols, words_per_map(rows * cols)
 
 
+@ranged("product")
 def product(inputs, kernel: torch.Tensor, bias_dc: torch.Tensor | None) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.product`."""
     batch, channels, bins, words = _sizes(inputs)
@@ -218,6 +220,7 @@ def product(inputs, kernel: torch.Tensor, bias_dc: torch.Tensor | None) -> torch
     return out
 
 
+@ranged("product_input_grad")
 def product_input_grad(grad: CompressedSpectrum, kernel: torch.Tensor, like: CompressedSpectrum | None):
     """Triton twin of :func:`spectriton.reference.product_input_grad`."""
     batch, out_channels, bins, words = _sizes(grad)
@@ -248,6 +251,7 @@ def product_input_grad(grad: CompressedSpectrum, kernel: torch.Tensor, like: Com
     return result
 
 
+@ranged("product_weight_grad")
 def product_weight_grad(inputs, grad: CompressedSpectrum) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.product_weight_grad`."""
     batch, channels, bins, words = _sizes(inputs)

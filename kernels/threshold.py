@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from spectriton.compressed import CompressedSpectrum, offsets_from_counts, words_per_map
+from spectriton.nvtx import ranged
 
 
 @triton.jit
@@ -103,6 +104,7 @@ def _block(bins: int) -> tuple[int, int]:
     return block, 8 if block >= 512 else 4
 
 
+@ranged("threshold_compact")
 def threshold_compact(
     spectrum: torch.Tensor,
     beta: float,
@@ -145,6 +147,7 @@ def threshold_compact(
     return CompressedSpectrum(values, mask, offsets, batch, channels, grid)
 
 
+@ranged("activation_backward")
 def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.activation_backward`."""
     dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32

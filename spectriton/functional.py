@@ -24,6 +24,7 @@ from spectriton import _checks, transforms
 from spectriton.backend import ops
 from spectriton.compressed import CompressedSpectrum
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
+from spectriton.nvtx import annotate
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class LayerConfig:
     channels: tuple[int, ...]
     shifts: tuple[tuple[int, int], ...]
     density: float | None = None
+
+    def describe(self, weight: torch.Tensor) -> str:
+        """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
+        kernel, grid = "x".join(map(str, self.kernel)), "x".join(map(str, self.grid))
+        return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid}"
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -99,6 +105,11 @@ class SpectralLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, cfg: LayerConfig, *sources):
+        with annotate(f"layer.forward {cfg.describe(weight)}"):
+            return SpectralLayerFunction._forward(ctx, weight, bias, cfg, *sources)
+
+    @staticmethod
+    def _forward(ctx, weight, bias, cfg: LayerConfig, *sources):
         backend = ops(weight.device)
         real = _compute_dtype(weight, *sources[::3])
         product, start = None, 0
@@ -121,6 +132,12 @@ class SpectralLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
+        weight = ctx.saved_tensors[0]
+        with annotate(f"layer.backward {ctx.cfg.describe(weight)}"):
+            return SpectralLayerFunction._backward(ctx, grad_values)
+
+    @staticmethod
+    def _backward(ctx, grad_values):
         weight, values, out_mask, out_offsets, *sources = ctx.saved_tensors
         cfg, real = ctx.cfg, ctx.real
         backend = ops(weight.device)
@@ -169,7 +186,8 @@ class SpectralOutputFunction(torch.autograd.Function):
     def forward(ctx, values, mask, offsets, channels: int, geom: BlockGeometry, out_dtype: torch.dtype):
         batch = mask.shape[0] // channels
         spectrum = CompressedSpectrum(values, mask, offsets, batch, channels, geom.grid)
-        y = transforms.to_space(ops(values.device).unpack(spectrum), geom)
+        with annotate("output.forward"):
+            y = transforms.to_space(ops(values.device).unpack(spectrum), geom)
         ctx.save_for_backward(mask, offsets)
         ctx.geom, ctx.nnz, ctx.real = geom, values.shape[0], y.dtype
         return y.to(out_dtype)
@@ -177,8 +195,9 @@ class SpectralOutputFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         mask, offsets = ctx.saved_tensors
-        grad_spectrum = transforms.to_space_adjoint(grad_y.to(ctx.real), ctx.geom)
-        grad_values = ops(mask.device).pack(grad_spectrum, mask, offsets, ctx.nnz)
+        with annotate("output.backward"):
+            grad_spectrum = transforms.to_space_adjoint(grad_y.to(ctx.real), ctx.geom)
+            grad_values = ops(mask.device).pack(grad_spectrum, mask, offsets, ctx.nnz)
         return grad_values, None, None, None, None, None
 
 

@@ -69,7 +69,8 @@ def _check_model(model: object) -> nn.Module:
 def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | None = None) -> MemoryReport:
     """Run ``model(*inputs)`` in training mode and count what autograd keeps for backward.
 
-    The model's training flag is restored afterwards; no backward pass is run. ``loss_fn``
+    No side effects: the training flag and every buffer (batch-norm statistics, density
+    thresholds) are restored afterwards, and no backward pass is run. ``loss_fn``
     (applied to the output) includes the loss's own saved tensors. Returns a
     :class:`MemoryReport`.
     """
@@ -103,6 +104,7 @@ def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | Non
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave))
     was_training = model.training
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     model.train()
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -114,6 +116,9 @@ def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | Non
         for handle in handles:
             handle.remove()
         model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
     return report
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from spectriton import _checks
+from spectriton.nvtx import ranged
 
 
 def _windows(x: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
@@ -20,6 +21,7 @@ class CompactMaxPoolFunction(torch.autograd.Function):
     """Non-overlapping max pooling; saves a uint8 window index per output, nothing else."""
 
     @staticmethod
+    @ranged("pool.forward")
     def forward(ctx, x: torch.Tensor, kernel: tuple[int, int]):
         values, index = _windows(x, kernel).max(-1)
         index = index.to(torch.uint8)
@@ -28,6 +30,7 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         return values
 
     @staticmethod
+    @ranged("pool.backward")
     def backward(ctx, grad: torch.Tensor):
         (index,) = ctx.saved_tensors
         (kh, kw), (h, w) = ctx.kernel, ctx.size

@@ -137,3 +137,13 @@ def test_spectral_block_saves_far_less_than_its_spatial_twin():
     )
     x = torch.randn(4, 3, 32, 32)
     assert saved_bytes(spectral, x).total < 0.6 * saved_bytes(spatial, x).total
+
+
+def test_report_has_no_side_effects_on_buffers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), st.SpectralConv2d(4, 4, 3, density=0.2))
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_bytes(model, torch.randn(2, 3, 9, 9))
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]) or (value.isnan().all() and state[key].isnan().all())
