@@ -3,8 +3,8 @@
 The paper's protocol by default (SGD with momentum 0.95, batch 64, learning rate halved
 every 50 epochs) except the learning rate: 0.02 instead of the paper's 0.1, at which the
 spatial LeNet-5 diverged in our runs (30.0% against 79.4% test accuracy after 8 epochs on
-the embedded sample), which would flatter the Spec forms. Each run checkpoints after every epoch and resumes from its
-checkpoint; ``compare`` writes its rows as each run finishes, so an interrupted
+the embedded sample), which would flatter the Spec forms. Each run checkpoints after every
+epoch and resumes from its checkpoint; ``compare`` writes its rows as each run finishes, so an interrupted
 comparison loses at most the epoch in progress.
 """
 
