@@ -7,7 +7,9 @@ speed) and large sizes are left out.
 
 from __future__ import annotations
 
+import os
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,12 +29,20 @@ def quick(request) -> bool:
     return request.config.getoption("--quick")
 
 
+def _cpu_model() -> str:
+    """The processor's model name (``platform.processor()`` is empty on most Linux systems)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def device_name() -> str:
-    return (
-        torch.cuda.get_device_name()
-        if DEVICE.type == "cuda"
-        else f"cpu ({platform.processor() or 'unknown'})"
-    )
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({_cpu_model()}, {os.cpu_count()} threads)"
 
 
 def peak_bandwidth() -> float | None:

@@ -1,7 +1,8 @@
 """Kernels against the torch reference of the same op (and the dense einsum for the product).
 
-Bytes moved are the algorithmic minimum: what the op must read and write (see the
-kernels' module docstrings for what the Triton versions actually move).
+Bytes moved are the algorithmic minimum: what the op must read and write, a compressed
+spectrum counted at its size (values, bitmask and offsets: ``CompressedSpectrum.nbytes``).
+The kernels' module docstrings say what the Triton versions actually move.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _ops(provider: str):
     return reference
 
 
+def _record(benchmark, provider, size, moved: int, density: float, **extra) -> None:
+    name, (batch, channels, grid) = size
+    shape = f"B{batch} C{channels} P{grid[0]}x{grid[1]}"
+    record(benchmark, provider=provider, size=name, shape=shape, bytes_moved=moved, density=density, **extra)
+
+
 def _spectrum(batch, channels, grid):
     return torch.randn(batch, channels, grid[0], grid[1] // 2 + 1, dtype=torch.complex64, device=DEVICE)
 
@@ -54,23 +61,21 @@ def size(request, quick):
 @pytest.mark.parametrize("provider", ["torch", "triton"])
 def test_threshold_compact_split_tanh(benchmark, size, provider):
     ops = _ops(provider)
-    name, (batch, channels, grid) = size
+    _, (batch, channels, grid) = size
     y = _spectrum(batch, channels, grid)
     out = run(
         benchmark,
         lambda y: ops.threshold_compact(y, BETA, True, None, grid),
         setup=lambda: ((y.clone(),), {}),
     )
-    numel = y.numel()
-    moved = 8 * numel + numel // 8 + 8 * out.nnz + 8 * out.maps
-    record(
-        benchmark, provider=provider, size=name, bytes_moved=moved, dense_bytes=8 * numel, density=out.density
-    )
+    dense = y.numel() * y.element_size()
+    # read the dense product, write the compressed output
+    _record(benchmark, provider, size, dense + out.nbytes, out.density, dense_bytes=dense)
 
 
 @pytest.mark.parametrize("provider", ["torch", "triton", "dense_einsum"])
 def test_sparse_product_forward(benchmark, size, provider):
-    name, (batch, channels, grid) = size
+    _, (batch, channels, grid) = size
     x = _compressed(batch, channels, grid)
     kernel = _spectrum(channels, channels, grid)
     if provider == "dense_einsum":
@@ -79,21 +84,22 @@ def test_sparse_product_forward(benchmark, size, provider):
     else:
         ops = _ops(provider)
         run(benchmark, lambda: ops.product(x, kernel, None))
-    moved = x.nbytes + kernel.numel() * 8 + batch * channels * x.bins * 8
-    record(benchmark, provider=provider, size=name, bytes_moved=moved, density=x.density)
+    moved = x.nbytes + kernel.nbytes + batch * channels * x.bins * 8  # + the dense output
+    _record(benchmark, provider, size, moved, x.density)
 
 
 @pytest.mark.parametrize("provider", ["torch", "triton"])
 @pytest.mark.parametrize("gradient", ["input", "weight"])
 def test_sparse_product_backward(benchmark, size, provider, gradient):
     ops = _ops(provider)
-    name, (batch, channels, grid) = size
+    _, (batch, channels, grid) = size
     x, grad = _compressed(batch, channels, grid), _compressed(batch, channels, grid)
     kernel = _spectrum(channels, channels, grid)
     if gradient == "input":
         run(benchmark, lambda: ops.product_input_grad(grad, kernel, x))
-        moved = grad.nbytes + kernel.numel() * 8 + x.nnz * 8
+        # written packed at the input's mask: that mask and its offsets are read too
+        moved = grad.nbytes + kernel.nbytes + x.mask.nbytes + x.offsets.nbytes + 8 * x.nnz
     else:
         run(benchmark, lambda: ops.product_weight_grad(x, grad))
-        moved = grad.nbytes + x.nbytes + kernel.numel() * 8
-    record(benchmark, provider=provider, size=name, bytes_moved=moved, density=x.density)
+        moved = x.nbytes + grad.nbytes + kernel.nbytes  # + the dense kernel gradient
+    _record(benchmark, provider, size, moved, x.density)

@@ -67,6 +67,7 @@ def variants() -> list[Variant]:
             threshold.spectral_threshold_compact_kernel,
             {"ACTIVATION": activation, "BLOCK": 1024},
             num_warps=8,
+            scale="fp32",
             beta2="fp32",
         )
     for dtype in ("fp32", "bf16"):

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from spectriton.compressed import CompressedSpectrum, offsets_from_counts, words_per_map
 from spectriton.nvtx import ranged
+from spectriton.reference import scaled_threshold
 
 
 @triton.jit
@@ -39,6 +40,7 @@ def spectral_threshold_compact_kernel(
     counts_ptr,
     bins,
     words,
+    scale,
     beta2,
     ACTIVATION: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -53,7 +55,9 @@ def spectral_threshold_compact_kernel(
         inside = f < bins
         y = tl.load(y_ptr + 2 * (base + f)[:, None] + pair[None, :], mask=inside[:, None], other=0.0)
         re, im = tl.split(y)
-        keep = ((re * re + im * im) <= beta2) == 0
+        re_s = re * scale
+        im_s = im * scale
+        keep = ((re_s * re_s + im_s * im_s) <= beta2) == 0
         keep = keep & inside
         bits = keep.to(tl.uint32) << (f % 32).to(tl.uint32)
         word = tl.sum(tl.reshape(bits, [BLOCK // 32, 32]), axis=1)
@@ -125,13 +129,15 @@ def threshold_compact(
     counts = torch.empty(maps, dtype=torch.int64, device=spectrum.device)
     if maps:
         block, warps = _block(bins)
+        scale, beta2 = scaled_threshold(beta)
         spectral_threshold_compact_kernel[(maps,)](
             staged,
             mask,
             counts,
             bins,
             words,
-            beta * beta,
+            scale,
+            beta2,
             ACTIVATION=activation,
             BLOCK=block,
             num_warps=warps,

@@ -15,6 +15,13 @@ ACTIVATIONS = (None, "split_tanh")
 VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16)
 
 
+def describe(value: object) -> str:
+    """What a caller passed, for an error message: a tensor's dtype and shape, else its type."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
 def pair(value: int | Sequence[int], name: str, *, minimum: int) -> tuple[int, int]:
     """Return ``(a, b)`` from an int or a pair of ints, each at least ``minimum``."""
     items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -29,11 +36,48 @@ def pair(value: int | Sequence[int], name: str, *, minimum: int) -> tuple[int, i
     return int(items[0]), int(items[1])
 
 
+def conv_padding(
+    padding: int | Sequence[int] | str, kernel: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int]:
+    """``nn.Conv2d``'s padding: an int, a pair of ints, ``"valid"`` or ``"same"`` (stride 1,
+    odd kernel)."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("padding='same' needs stride 1, as in nn.Conv2d")
+        if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+            raise ValueError(f"padding='same' needs an odd kernel_size, got {kernel}")
+        return (kernel[0] // 2, kernel[1] // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    return pair(padding, "padding", minimum=0)
+
+
 def positive_int(value: int, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def boolean(value: bool, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def function(value: object, name: str, form: str) -> None:
+    """``value`` must be callable as ``form`` describes."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable as {form}, got {type(value).__name__}")
+
+
+def real_dtype(value: torch.dtype | None, name: str = "dtype") -> torch.dtype | None:
+    """None or a real floating-point dtype (parameters of a convolution)."""
+    if value is not None and (not isinstance(value, torch.dtype) or not value.is_floating_point):
+        raise TypeError(f"{name} must be a real floating-point torch.dtype or None, got {value!r}")
     return value
 
 
@@ -101,3 +145,35 @@ def spatial_input(x: object, channels: int | None, name: str = "input") -> torch
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels (dim 1), got {x.shape[1]}")
     return x
+
+
+def weight(w: object, name: str = "weight") -> torch.Tensor:
+    """A real floating-point kernel ``(out_channels, in_channels, kh, kw)``, no dimension 0."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 4 or w.is_complex() or not w.is_floating_point():
+        raise TypeError(
+            f"{name} must be a real floating-point 4-D tensor (out_channels, in_channels, kh, kw), "
+            f"got {describe(w)}"
+        )
+    if min(w.shape) == 0:
+        raise ValueError(f"{name} must have no empty dimension, got shape {tuple(w.shape)}")
+    return w
+
+
+def bias(b: object, out_channels: int, name: str = "bias") -> torch.Tensor | None:
+    """None, or a real floating-point tensor of shape ``(out_channels,)``."""
+    if b is None:
+        return None
+    if not isinstance(b, torch.Tensor) or b.is_complex() or not b.is_floating_point():
+        raise TypeError(f"{name} must be None or a real floating-point tensor, got {describe(b)}")
+    if tuple(b.shape) != (out_channels,):
+        raise ValueError(f"{name} must have shape ({out_channels},), got {tuple(b.shape)}")
+    return b
+
+
+def model_options(options: dict) -> None:
+    """The builder options of :func:`spectriton.models.build` that are not checked elsewhere."""
+    if "spectral" in options:
+        boolean(options["spectral"], "spectral")
+    for name in ("in_channels", "num_classes", "growth", "layers"):
+        if name in options:
+            positive_int(options[name], name)

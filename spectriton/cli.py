@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=Path("runs/compare"))
 
     memory = commands.add_parser("memory", help="per-layer saved bytes of both forms")
-    memory.add_argument("--model", type=_choice(models.MODELS, "model"), default="lenet5")
+    memory.add_argument(
+        "--model",
+        type=_choice((*models.MODELS, "all"), "model"),
+        default="lenet5",
+        help="one model, or 'all' for a one-line summary of each",
+    )
     memory.add_argument("--batch", type=_positive, default=64)
     memory.add_argument("--beta", type=_single(_betas), default=0.7)
     memory.add_argument("--density", type=_single(_densities))
@@ -230,25 +235,55 @@ def _compare(args) -> None:
 
 
 def _memory(args) -> None:
-    from spectriton._checks import DEFAULT_BETA
-    from spectriton.memory import compare_table, saved_bytes
+    from spectriton.memory import compare_table
 
-    size = models.input_size(args.model)
+    if args.model == "all":
+        print(_memory_summary(args))
+        return
+    reports = {form: report for form, (_, report) in _memory_reports(args.model, args).items()}
+    for name, report in reports.items():
+        print(report.table(f"{args.model} {name}, batch {args.batch}"))
+        print()
+    print(compare_table(reports, baseline="spatial"))
+
+
+def _memory_reports(name: str, args) -> dict:
+    """Saved bytes of both forms of one zoo model on a seeded random batch."""
+    from spectriton._checks import DEFAULT_BETA
+    from spectriton.memory import saved_bytes
+
+    size = models.input_size(name)
     torch.manual_seed(args.seed)
     x = torch.randn(args.batch, args.in_channels, size, size)
     beta = DEFAULT_BETA if args.density is not None else args.beta
     try:
         spec = models.build(
-            args.model, spectral=True, beta=beta, density=args.density, in_channels=args.in_channels
+            name, spectral=True, beta=beta, density=args.density, in_channels=args.in_channels
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
-    spatial = models.build(args.model, in_channels=args.in_channels)
-    reports = {"spatial": saved_bytes(spatial, x), "spec": saved_bytes(spec, x)}
-    for name, report in reports.items():
-        print(report.table(f"{args.model} {name}, batch {args.batch}"))
-        print()
-    print(compare_table(reports, baseline="spatial"))
+    spatial = models.build(name, in_channels=args.in_channels)
+    return {"spatial": (spatial, saved_bytes(spatial, x)), "spec": (spec, saved_bytes(spec, x))}
+
+
+def _memory_summary(args) -> str:
+    """One row per zoo model: parameters and saved bytes per sample of both forms."""
+    header = (
+        f"{'model':<9}  {'params spatial':>14}  {'params spec':>11}  "
+        f"{'spatial B/sample':>16}  {'spec B/sample':>13}  {'relative':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for name in models.MODELS:
+        (spatial, a), (spec, b) = _memory_reports(name, args).values()
+        lines.append(
+            f"{name:<9}  {_count(spatial):>14,}  {_count(spec):>11,}  "
+            f"{a.per_sample:>16,.0f}  {b.per_sample:>13,.0f}  {b.total / a.total:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def main(argv: list[str] | None = None) -> int:

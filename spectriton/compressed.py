@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from spectriton import _checks
+
 WORD_BITS = 32
+VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def words_per_map(bins: int) -> int:
@@ -47,7 +50,7 @@ def unpack_bits(mask: torch.Tensor, bins: int) -> torch.Tensor:
     """Int32 ``(maps, words)`` bitmask -> bool ``(maps, bins)``."""
     shifts = torch.arange(WORD_BITS, device=mask.device, dtype=torch.int32)
     bits = (mask.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(mask.shape[0], -1)[:, :bins].bool()
+    return bits.reshape(mask.shape[0], mask.shape[1] * WORD_BITS)[:, :bins].bool()
 
 
 def word_prefix(mask: torch.Tensor) -> torch.Tensor:
@@ -97,8 +100,30 @@ class CompressedSpectrum:
         channels: int,
         grid: tuple[int, int],
     ) -> None:
+        grid = _checks.pair(grid, "grid", minimum=1)
+        for name, count in (("batch", batch), ("channels", channels)):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise TypeError(f"{name} must be an int >= 0, got {count!r}")
+        maps, words = batch * channels, words_per_map(grid[0] * (grid[1] // 2 + 1))
+        for name, t, dtype, shape in (
+            ("mask", mask, torch.int32, (maps, words)),
+            ("offsets", offsets, torch.int64, (maps + 1,)),
+        ):
+            if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(
+                    f"{name} must be a {dtype} tensor of shape {shape}, got {_checks.describe(t)}"
+                )
+        if (
+            not isinstance(values, torch.Tensor)
+            or values.dtype not in VALUE_TYPES
+            or values.dim() != 2
+            or values.shape[1] != 2
+        ):
+            raise ValueError(
+                f"values must be float (nnz, 2) real/imaginary pairs, got {_checks.describe(values)}"
+            )
         self.values, self.mask, self.offsets = values, mask, offsets
-        self.batch, self.channels, self.grid = batch, channels, tuple(grid)
+        self.batch, self.channels, self.grid = batch, channels, grid
 
     @classmethod
     def from_dense(
@@ -113,8 +138,27 @@ class CompressedSpectrum:
         ``keep`` (bool, same shape) picks the stored entries; by default the non-zero ones.
         ``value_dtype``: None keeps the spectrum's precision, or bfloat16 / float16 pairs.
         """
+        grid = _checks.pair(grid, "grid", minimum=1)
+        half = (grid[0], grid[1] // 2 + 1)
+        if not isinstance(spectrum, torch.Tensor) or not spectrum.is_complex() or spectrum.dim() != 4:
+            raise TypeError(
+                f"spectrum must be a complex 4-D tensor (batch, channels, P0, P1 // 2 + 1), "
+                f"got {_checks.describe(spectrum)}"
+            )
+        if tuple(spectrum.shape[2:]) != half:
+            raise ValueError(
+                f"spectrum must end in {half} for grid {grid}, got shape {tuple(spectrum.shape)}"
+            )
+        if keep is not None and (
+            not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != spectrum.shape
+        ):
+            raise ValueError(
+                f"keep must be None or a bool tensor of shape {tuple(spectrum.shape)}, "
+                f"got {_checks.describe(keep)}"
+            )
+        value_dtype = _checks.value_dtype(value_dtype)
         batch, channels = spectrum.shape[:2]
-        flat = spectrum.reshape(batch * channels, -1)
+        flat = spectrum.reshape(batch * channels, half[0] * half[1])
         keep = (flat != 0) if keep is None else keep.reshape(flat.shape)
         values = as_pairs(flat[keep])
         if value_dtype is not None:

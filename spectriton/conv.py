@@ -18,20 +18,6 @@ from spectriton.geometry import LayerShape
 MOMENTUM = 0.1  # of the running threshold in density mode, as nn.BatchNorm2d's
 
 
-def _resolve_padding(padding: int | tuple[int, int] | str, kernel: tuple[int, int], stride: tuple[int, int]):
-    if padding == "valid":
-        return (0, 0)
-    if padding == "same":
-        if stride != (1, 1):
-            raise ValueError("padding='same' needs stride 1, as in nn.Conv2d")
-        if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
-            raise ValueError(f"padding='same' needs an odd kernel_size, got {kernel}")
-        return (kernel[0] // 2, kernel[1] // 2)
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    return _checks.pair(padding, "padding", minimum=0)
-
-
 class SpectralConv2d(nn.Module):
     """A convolution computed as a product of spectra, optionally a SpecNet layer.
 
@@ -72,7 +58,8 @@ class SpectralConv2d(nn.Module):
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
         self.stride = _checks.pair(stride, "stride", minimum=1)
-        self.padding = _resolve_padding(padding, self.kernel_size, self.stride)
+        self.padding = _checks.conv_padding(padding, self.kernel_size, self.stride)
+        _checks.boolean(bias, "bias")
         if padding_mode != "zeros":
             raise ValueError(
                 f"padding_mode must be 'zeros' (the spectral grid is zero-padded), got {padding_mode!r}"
@@ -87,7 +74,7 @@ class SpectralConv2d(nn.Module):
         self.last_density: float | None = None
         if self.density is not None:
             self.register_buffer("threshold", torch.full((), float("nan"), device=device))
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": _checks.real_dtype(dtype)}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -110,6 +97,8 @@ class SpectralConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **options) -> SpectralConv2d:
         """A spectral layer sharing ``conv``'s weight and bias (not copies)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("from_conv needs groups=1 and dilation=1")
         layer = cls(

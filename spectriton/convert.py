@@ -83,8 +83,8 @@ class _Options:
 def _options(model, beta, activation, density, filter_fn, value_dtype) -> _Options:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError("filter_fn must be callable as filter_fn(module, qualified_name) -> bool")
+    if filter_fn is not None:
+        _checks.function(filter_fn, "filter_fn", "filter_fn(module, qualified_name) -> bool")
     beta, density = _checks.beta_or_density(beta, density)
     return _Options(
         beta, density, _checks.activation(activation), _checks.value_dtype(value_dtype), filter_fn

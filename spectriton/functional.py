@@ -72,15 +72,15 @@ def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 <<
     """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries.
 
     A quantile of the magnitudes, estimated on an evenly strided sample of at most
-    ``sample`` entries.
+    ``sample`` entries, in float64 so that huge magnitudes do not overflow to an infinite
+    threshold.
     """
     if density >= 1:
         return 0.0
     flat = spectrum.reshape(-1)
-    flat = flat[:: max(1, flat.numel() // sample)]
-    magnitude2 = flat.real.square() + flat.imag.square()
-    k = min(max(int((1 - density) * magnitude2.numel()), 1), magnitude2.numel())
-    return float(magnitude2.kthvalue(k).values.sqrt())
+    magnitude = flat[:: max(1, flat.numel() // sample)].to(torch.complex128).abs()
+    k = min(max(int((1 - density) * magnitude.numel()), 1), magnitude.numel())
+    return float(magnitude.kthvalue(k).values)
 
 
 def _sources(tensors: tuple) -> list[tuple]:
@@ -132,13 +132,12 @@ class SpectralLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
-        weight = ctx.saved_tensors[0]
-        with annotate(f"layer.backward {ctx.cfg.describe(weight)}"):
-            return SpectralLayerFunction._backward(ctx, grad_values)
+        saved = ctx.saved_tensors  # unpacked once: checkpointing refuses a second unpack
+        with annotate(f"layer.backward {ctx.cfg.describe(saved[0])}"):
+            return SpectralLayerFunction._backward(ctx, grad_values, *saved)
 
     @staticmethod
-    def _backward(ctx, grad_values):
-        weight, values, out_mask, out_offsets, *sources = ctx.saved_tensors
+    def _backward(ctx, grad_values, weight, values, out_mask, out_offsets, *sources):
         cfg, real = ctx.cfg, ctx.real
         backend = ops(weight.device)
         if cfg.activation:
@@ -246,6 +245,9 @@ def spectral_layer(
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
+    channels = sum(s.channels for s in sources)
+    if weight.shape[1] != channels:
+        raise ValueError(f"weight must have {channels} in_channels (dim 1), got {weight.shape[1]}")
     target = tuple(max(s.offset[a] for s in sources) + padding[a] for a in range(2))
     cfg = LayerConfig(
         grid=first.geom.grid,
@@ -293,12 +295,57 @@ def spectral_block(
     ``weights[i]`` is shaped like ``nn.Conv2d.weight``; ``shapes[i]`` gives its kernel,
     padding and stride. Returns ``(N, O, H_out, W_out)`` in ``x``'s dtype.
     """
+    layers = _block_layers(weights, biases, shapes, betas, activations)
+    value_dtype = _checks.value_dtype(value_dtype)
+    _checks.spatial_input(x, weights[0].shape[1])
     flow = SpectralFlow.start(x, shapes)
     if x.shape[0] == 0:
         return empty_output(x, weights, weights[-1].shape[0], flow.geom.out)
-    for weight, bias, shape, beta, activation in zip(weights, biases, shapes, betas, activations):
+    for weight, bias, shape, beta, activation in layers:
         flow = spectral_layer(flow, weight, bias, shape.padding, beta, activation, value_dtype)
     return spectral_output(flow)
+
+
+def _block_layers(weights, biases, shapes, betas, activations) -> list[tuple]:
+    """Check :func:`spectral_block`'s per-layer lists; one checked tuple per layer."""
+    lists = {
+        "weights": weights,
+        "biases": biases,
+        "shapes": shapes,
+        "betas": betas,
+        "activations": activations,
+    }
+    for name, items in lists.items():
+        if not isinstance(items, Sequence) or isinstance(items, str):
+            raise TypeError(f"{name} must be a list with one entry per layer, got {type(items).__name__}")
+    if not weights or len({len(items) for items in lists.values()}) != 1:
+        lengths = ", ".join(f"{name} {len(items)}" for name, items in lists.items())
+        raise ValueError(
+            f"weights, biases, shapes, betas and activations must be non-empty lists of one "
+            f"length, got {lengths}"
+        )
+    layers = []
+    for i, (w, b, shape, beta, activation) in enumerate(zip(*lists.values())):
+        w = _checks.weight(w, f"weights[{i}]")
+        if i and w.shape[1] != weights[i - 1].shape[0]:
+            raise ValueError(
+                f"weights[{i}] must have {weights[i - 1].shape[0]} in_channels (dim 1), the out_channels "
+                f"of weights[{i - 1}], got {w.shape[1]}"
+            )
+        if not isinstance(shape, LayerShape) or shape.kernel != tuple(w.shape[2:]):
+            raise ValueError(
+                f"shapes[{i}] must be a LayerShape with kernel {tuple(w.shape[2:])}, got {shape!r}"
+            )
+        layers.append(
+            (
+                w,
+                _checks.bias(b, w.shape[0], f"biases[{i}]"),
+                shape,
+                _checks.beta(beta),
+                _checks.activation(activation),
+            )
+        )
+    return layers
 
 
 def spectral_conv2d(
@@ -306,27 +353,15 @@ def spectral_conv2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: int | tuple[int, int] | str = 0,
     *,
     beta: float = 0.0,
     activation: str | None = None,
     value_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Functional :class:`~spectriton.SpectralConv2d`: ``F.conv2d`` at beta 0 with no activation."""
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise TypeError("weight must be a 4-D tensor (out_channels, in_channels, kh, kw)")
-    _checks.spatial_input(x, weight.shape[1])
-    shape = LayerShape(
-        kernel=(weight.shape[2], weight.shape[3]),
-        padding=_checks.pair(padding, "padding", minimum=0),
-        stride=_checks.pair(stride, "stride", minimum=1),
-    )
-    return spectral_block(
-        x,
-        [weight],
-        [bias],
-        [shape],
-        [_checks.beta(beta)],
-        [_checks.activation(activation)],
-        _checks.value_dtype(value_dtype),
-    )
+    kernel = (_checks.weight(weight).shape[2], weight.shape[3])
+    _checks.bias(bias, weight.shape[0])
+    stride = _checks.pair(stride, "stride", minimum=1)
+    shape = LayerShape(kernel=kernel, padding=_checks.conv_padding(padding, kernel, stride), stride=stride)
+    return spectral_block(x, [weight], [bias], [shape], [beta], [activation], value_dtype)

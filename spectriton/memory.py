@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spectriton import _checks
+
 ROOT = "(root)"
 
 
@@ -77,6 +79,8 @@ def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | Non
     model = _check_model(model)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("saved_bytes needs the model's inputs as tensors after the model")
+    if loss_fn is not None:
+        _checks.function(loss_fn, "loss_fn", "loss_fn(output)")
     batch = inputs[0].shape[0] if inputs[0].dim() else 1
     report = MemoryReport(batch=batch)
     excluded = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
@@ -124,6 +128,10 @@ def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | Non
 
 def compare_table(reports: dict[str, MemoryReport], baseline: str) -> str:
     """Totals of several reports side by side, relative to ``reports[baseline]``."""
+    if not isinstance(reports, dict) or not all(isinstance(r, MemoryReport) for r in reports.values()):
+        raise TypeError("reports must be a dict of name -> MemoryReport")
+    if baseline not in reports:
+        raise ValueError(f"baseline must be one of the reports' names {list(reports)}, got {baseline!r}")
     base = reports[baseline].total
     width = max(len(name) for name in reports)
     lines = [f"{'model':<{width}}  {'saved bytes':>12}  {'per sample':>12}  {'relative':>8}"]
@@ -144,6 +152,9 @@ def peak_step_bytes(model: nn.Module, x: torch.Tensor, target: torch.Tensor, opt
     """Peak CUDA memory of one training step (cross-entropy, SGD by default) above the
     parameters, gradients and optimizer state, which a first step allocates."""
     model = _check_model(model)
+    for name, t in (("x", x), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not x.is_cuda:
         raise ValueError("peak_step_bytes measures CUDA memory; x must be a CUDA tensor")
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
@@ -163,6 +174,10 @@ def largest_batch(fits: Callable[[int], bool], start: int = 1, limit: int = 1 <<
     ``fits`` returns False (or raises ``torch.cuda.OutOfMemoryError``) when ``b`` does not
     fit. Returns 0 if even ``start`` does not fit.
     """
+    _checks.function(fits, "fits", "fits(batch) -> bool")
+    _checks.positive_int(start, "start")
+    if _checks.positive_int(limit, "limit") < start:
+        raise ValueError(f"limit must be >= start ({start}), got {limit}")
 
     def ok(b: int) -> bool:
         try:

@@ -190,6 +190,7 @@ def build(name: str, **options) -> nn.Sequential:
     """One of :data:`MODELS` by name, with the builder's options."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    _checks.model_options(options)
     return globals()[name](**options)
 
 

@@ -7,15 +7,34 @@ tensors; compressed ones are :class:`~spectriton.compressed.CompressedSpectrum`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from spectriton.compressed import CompressedSpectrum, as_pairs, offsets_from_counts, pack_bits, unpack_bits
 
 
+def scaled_threshold(beta: float) -> tuple[float, float]:
+    """``(scale, beta2)``: an entry is kept iff ``(scale re)^2 + (scale im)^2 > beta2``.
+
+    ``scale`` is the power of two that brings ``beta`` into [0.5, 1), so a square overflows
+    (or underflows) only where the entry is far above (or below) the threshold. Elsewhere
+    the decision is exactly that of ``re^2 + im^2 > beta^2``: scaling by a power of two does
+    not change rounding.
+    """
+    if beta == 0:
+        return 1.0, 0.0
+    scale = 2.0 ** min(max(-math.frexp(beta)[1], -126), 126)
+    return scale, (beta * scale) ** 2
+
+
 def keep_mask(spectrum: torch.Tensor, beta: float) -> torch.Tensor:
     """Entries whose magnitude is above ``beta`` (strict); NaN and Inf are always kept."""
-    magnitude2 = spectrum.real.square() + spectrum.imag.square()
-    return ~(magnitude2 <= beta * beta)
+    scale, beta2 = scaled_threshold(beta)
+    re, im = spectrum.real, spectrum.imag
+    if scale != 1:
+        re, im = re * scale, im * scale
+    return ~(re.square() + im.square() <= beta2)
 
 
 def split_tanh(spectrum: torch.Tensor) -> torch.Tensor:
@@ -33,7 +52,7 @@ def threshold_compact(
     """Threshold a dense product spectrum, apply split tanh if asked, compress the result."""
     keep = keep_mask(spectrum, beta)
     batch, channels = spectrum.shape[:2]
-    flat = spectrum.reshape(batch * channels, -1)
+    flat = spectrum.reshape(batch * channels, spectrum.shape[2] * spectrum.shape[3])
     keep = keep.reshape(flat.shape)
     kept = flat[keep]
     values = as_pairs(split_tanh(kept) if activation else kept)
@@ -61,7 +80,7 @@ def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
 
 def pack(dense: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
     """The ``nnz`` entries of a dense half spectrum that ``mask`` keeps, as packed pairs."""
-    flat = dense.reshape(mask.shape[0], -1)
+    flat = dense.reshape(mask.shape[0], dense.shape[-2] * dense.shape[-1])
     return as_pairs(flat[unpack_bits(mask, flat.shape[1])])
 
 

@@ -149,6 +149,14 @@ def test_memory_prints_both_forms(capsys):
     assert "features.0.0" in out and "relative" in out
 
 
+def test_memory_all_summarises_every_model(capsys):
+    status, out, _ = run_cli(capsys, "memory", "--model", "all", "--batch", "2")
+    assert status == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert list(rows) == ["lenet5", "alexnet", "vgg16", "densenet"]
+    assert float(rows["densenet"][-1]) < 0.5  # the Spec DenseNet keeps far less
+
+
 def test_python_dash_m_runs_the_same_command():
     result = subprocess.run(
         [sys.executable, "-m", "spectriton", "memory", "--model", "nope"],

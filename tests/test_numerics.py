@@ -1,0 +1,160 @@
+"""Numerics: NaN and Inf are never hidden, half precisions compute in float32, huge values
+neither overflow nor poison the threshold, and the torch path is deterministic."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton import reference
+from spectriton.functional import SpectralFlow
+
+pytest.importorskip("spectriton.kernels")
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NaN on purpose
+
+
+def _layer(**options):
+    return st.SpectralConv2d(2, 3, 3, padding=1, **{"beta": 0.5, "activation": "split_tanh", **options})
+
+
+def _block(value_dtype=None):
+    return st.SpectralSequential(
+        _layer(value_dtype=value_dtype),
+        st.SpectralConv2d(3, 3, 3, padding=1, beta=0.5, activation="split_tanh"),
+    )
+
+
+def _saved_dtypes(module, x):
+    """(dtypes of the non-parameter tensors a training forward saves, its output)."""
+    params, dtypes = {p.data_ptr() for p in module.parameters()}, set()
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            dtypes.add(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x)
+    return dtypes, y
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("make", [_layer, _block], ids=["layer", "block"])
+def test_nan_and_inf_in_the_input_reach_that_sample_only(make, bad, backend):
+    module = make()
+    x = torch.randn(2, 2, 8, 8)
+    x[0, 1, 3, 4] = bad
+    y = module(x)
+    assert not torch.isfinite(y[0]).any()  # beta > 0 and tanh hide nothing
+    assert torch.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf")], ids=["nan", "-inf"])
+@pytest.mark.parametrize("make", [_layer, _block], ids=["layer", "block"])
+def test_nan_and_inf_in_a_weight_reach_the_output(make, bad, backend):
+    module = make()
+    with torch.no_grad():
+        next(module.parameters())[0, 0, 1, 1] = bad
+    y = module(torch.randn(2, 2, 8, 8))
+    assert not torch.isfinite(y[:, 0]).any()  # every sample of the poisoned output channel
+    if make is _layer:
+        assert torch.isfinite(y[:, 1:]).all()
+
+
+def test_nan_survives_the_compact_pool_after_a_block():
+    model = nn.Sequential(_block(), st.CompactMaxPool2d(2))
+    x = torch.randn(1, 2, 8, 8)
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(model(x)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_inputs_keep_float32_spectra_and_their_own_dtype(dtype, backend):
+    block = _block()
+    x = torch.randn(2, 2, 8, 8).to(dtype).requires_grad_()
+    saved, y = _saved_dtypes(block, x)
+    assert y.dtype == dtype and saved == {dtype, torch.float32, torch.int32, torch.int64}
+    y.float().square().sum().backward()
+    assert x.grad.dtype == dtype and all(p.grad.dtype == torch.float32 for p in block.parameters())
+    torch.testing.assert_close(y.float(), block(x.detach().float()), atol=1e-2, rtol=1e-2)
+
+
+def test_cpu_autocast_bfloat16_keeps_float32_spectra():
+    torch.manual_seed(0)
+    model = nn.Sequential(_block(), st.CompactMaxPool2d(2), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x = torch.randn(2, 2, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        saved, y = _saved_dtypes(model[0], x)
+        features = model[0](x)
+        logits = model(x)
+    assert torch.float32 in saved and not saved & {torch.bfloat16, torch.float16}
+    assert features.dtype == torch.float32  # spectral ops are not autocast: the block keeps x's dtype
+    assert logits.dtype == torch.bfloat16  # nn.Linear after it is
+    torch.testing.assert_close(features, model[0](x))
+    logits.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("make", [_layer, _block], ids=["layer", "block"])
+def test_huge_inputs_saturate_split_tanh_without_overflow(make, backend):
+    layers = [m for m in make().modules() if isinstance(m, st.SpectralConv2d)]
+    flows = []
+    for layer in layers:
+        layer.register_forward_hook(lambda _m, _i, out: flows.append(out))
+    y = st.SpectralSequential(*layers)(1e30 * torch.randn(2, 2, 8, 8))
+    grid = flows[0].geom.grid
+    assert torch.isfinite(y).all()
+    # split tanh bounds each kept entry by sqrt(2); the orthonormal inverse FFT then bounds
+    # every output pixel by the energy of the full spectrum (twice the half spectrum's).
+    assert y.abs().max() <= math.sqrt(2 * 2 * grid[0] * (grid[1] // 2 + 1))
+    assert flows[0].density > 0.9  # every huge entry is above beta
+    assert all(flow.values.abs().max() <= 1 for flow in flows)
+
+
+def test_huge_inputs_keep_a_density_budget_finite(backend):
+    layer = _layer(beta=0.0, density=0.3)
+    layer(1e30 * torch.randn(2, 2, 8, 8))
+    assert math.isfinite(layer.threshold) and layer.threshold > 1e29  # no inf from squaring
+    assert layer.last_density == pytest.approx(0.3, abs=0.05)
+    layer.eval()
+    assert torch.isfinite(layer(1e30 * torch.randn(2, 2, 8, 8))).all()
+
+
+@pytest.mark.parametrize("beta", [3e-25, 0.3, 5e24], ids=["tiny", "usual", "huge"])
+def test_threshold_decision_is_exact_far_from_float32_range(beta, backend):
+    """Magnitudes just above and below beta: kept iff above, whatever their squares do."""
+    from spectriton.backend import ops
+
+    magnitudes = torch.tensor([0.5, 0.99, 1.01, 2.0]) * beta
+    spectrum = magnitudes * torch.tensor([1, 1j, -1, 1 + 1j]) / torch.tensor([1, 1, 1, math.sqrt(2)])
+    spectrum = spectrum.to(torch.complex64).view(1, 1, 2, 2)
+    out = ops(spectrum.device).threshold_compact(spectrum.clone(), beta, False, None, (2, 2))
+    assert out.keep().view(-1).tolist() == [False, False, True, True]
+    assert reference.keep_mask(spectrum, beta).view(-1).tolist() == [False, False, True, True]
+
+
+def _train_step(seed):
+    torch.manual_seed(seed)
+    block = st.SpectralSequential(_layer(), st.SpectralConv2d(3, 4, 3, padding=1, stride=2, beta=0.5))
+    x = torch.randn(3, 2, 9, 9, requires_grad=True)
+    y = block(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *block.parameters()])
+    return y, grads
+
+
+def test_torch_path_is_bitwise_deterministic(monkeypatch):
+    monkeypatch.setenv("SPECTRITON_BACKEND", "torch")
+    (y1, g1), (y2, g2) = _train_step(7), _train_step(7)
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@pytest.mark.parametrize("value_dtype", [None, torch.bfloat16], ids=["complex64", "bfloat16"])
+def test_compressed_bytes_are_identical_for_the_same_input(value_dtype, backend):
+    layer = _layer(value_dtype=value_dtype)
+    x = torch.randn(2, 2, 9, 9)
+    runs = [layer(SpectralFlow.start(x, [layer.shape])) for _ in range(2)]
+    for name in ("values", "mask", "offsets"):
+        assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
