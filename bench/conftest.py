@@ -65,7 +65,7 @@ def record(benchmark, *, provider: str, bytes_moved: int | None = None, **extra)
     info = benchmark.extra_info
     info.update(device=device_name(), torch=torch.__version__, triton=triton.__version__, provider=provider)
     info.update(extra)
-    if bytes_moved is not None:
+    if bytes_moved is not None and benchmark.stats is not None:  # None under --benchmark-disable
         seconds = benchmark.stats.stats.median
         info["bytes_moved"] = int(bytes_moved)
         info["GB/s"] = bytes_moved / seconds / 1e9

@@ -153,21 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         print("unset TRITON_INTERPRET: the ahead-of-time build needs the compiler", file=sys.stderr)
         return 2
     failed = 0
-    header = f"{'kernel':<80} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7} {'cubin':>7}"
+    all_variants = variants()
+    width = max(len(v.name) for v in all_variants)
+    header = f"{'kernel':<{width}} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7} {'cubin':>7}"
     print(header)
     print("-" * len(header))
-    for variant in variants():
+    for variant in all_variants:
         for arch in ARCHS:
             try:
                 row = build(variant, arch)
             except Exception as error:  # a kernel that does not build is a row, not a crash
                 failed += 1
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                print(f"{variant.name:<80} sm_{arch:<3} FAILED: {first}")
+                print(f"{variant.name:<{width}} sm_{arch:<3} FAILED: {first}")
                 continue
             failed += row["spills"] > 0
             print(
-                f"{row['kernel']:<80} {row['arch']:<6} {row['registers']:>5} {row['spills']:>6} "
+                f"{row['kernel']:<{width}} {row['arch']:<6} {row['registers']:>5} {row['spills']:>6} "
                 f"{row['shared']:>7} {row['cubin_bytes']:>7}",
                 flush=True,
             )

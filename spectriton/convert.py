@@ -372,8 +372,10 @@ def plan(
 ) -> Plan:
     """What :func:`convert` would do with the same options: one row per convolution,
     pool and bypassed layer (qualified name, type, action, reason). The model is not
-    touched."""
-    return _Analysis(model, _options(model, beta, activation, density, filter_fn, value_dtype)).rows
+    touched. Rows follow the order of ``model.named_modules()``."""
+    rows = _Analysis(model, _options(model, beta, activation, density, filter_fn, value_dtype)).rows
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return Plan(sorted(rows, key=lambda row: order.get(row.name, len(order))))
 
 
 def convert(

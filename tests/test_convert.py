@@ -40,6 +40,8 @@ def test_specnet_mode_trains_a_step_and_plan_lists_every_convolution(name):
     convs = _convs(model)
     rows = st.plan(model)
     assert {r.name for r in rows if r.kind == "Conv2d"} == set(convs)
+    order = [name for name, _ in model.named_modules()]
+    assert [order.index(r.name) for r in rows] == sorted(order.index(r.name) for r in rows)
     assert _convs(model) == convs  # plan touched nothing
     st.convert(model).train()
     spectral = [m for m in model.modules() if isinstance(m, st.SpectralConv2d)]

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import safe_beta
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis")  # in the test extra; absent where only torch is installed
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import spectriton
 from spectriton import reference, transforms
