@@ -150,7 +150,7 @@ def threshold_compact(
         spectral_gather_runs_kernel[(maps, triton.cdiv(bins, block))](
             staged, offsets, values, bins, BLOCK=block
         )
-    return CompressedSpectrum(values, mask, offsets, batch, channels, grid)
+    return CompressedSpectrum._trusted(values, mask, offsets, batch, channels, grid)
 
 
 @ranged("activation_backward")

@@ -86,7 +86,9 @@ class CompressedSpectrum:
 
     ``values`` may be float32 pairs (complex64, the default), float64 pairs (complex128,
     used by gradcheck) or bfloat16 / float16 pairs (4 bytes per entry). Build one with
-    :meth:`from_dense`, read it back with :meth:`to_dense`.
+    :meth:`from_dense`, read it back with :meth:`to_dense`. The constructor checks its
+    arguments; the library's own call sites, whose tensors are right by construction, use
+    :meth:`_trusted`, which skips the checks (they cost more than a small layer's launch).
     """
 
     __slots__ = ("values", "mask", "offsets", "batch", "channels", "grid")
@@ -122,8 +124,26 @@ class CompressedSpectrum:
             raise ValueError(
                 f"values must be float (nnz, 2) real/imaginary pairs, got {_checks.describe(values)}"
             )
+        self._set(values, mask, offsets, batch, channels, grid)
+
+    def _set(self, values, mask, offsets, batch, channels, grid) -> None:
         self.values, self.mask, self.offsets = values, mask, offsets
         self.batch, self.channels, self.grid = batch, channels, grid
+
+    @classmethod
+    def _trusted(
+        cls,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        offsets: torch.Tensor,
+        batch: int,
+        channels: int,
+        grid: tuple[int, int],
+    ) -> CompressedSpectrum:
+        """Build without checks, for tensors the library made itself."""
+        self = object.__new__(cls)
+        self._set(values, mask, offsets, batch, channels, tuple(grid))
+        return self
 
     @classmethod
     def from_dense(
@@ -164,7 +184,7 @@ class CompressedSpectrum:
         if value_dtype is not None:
             values = values.to(value_dtype)
         offsets = offsets_from_counts(keep.sum(-1))
-        return cls(values, pack_bits(keep), offsets, batch, channels, grid)
+        return cls._trusted(values, pack_bits(keep), offsets, batch, channels, grid)
 
     @property
     def half(self) -> tuple[int, int]:

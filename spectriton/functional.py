@@ -91,7 +91,7 @@ def _layer_input(inputs, mask, offsets, channels, grid, real) -> CompressedSpect
     """A layer's input spectrum: the FFT of a spatial batch, or a compressed layer output."""
     if mask is None:
         return transforms.map_spectrum(inputs.to(real), grid)
-    return CompressedSpectrum(inputs, mask, offsets, mask.shape[0] // channels, channels, grid)
+    return CompressedSpectrum._trusted(inputs, mask, offsets, mask.shape[0] // channels, channels, grid)
 
 
 class SpectralLayerFunction(torch.autograd.Function):
@@ -143,7 +143,7 @@ class SpectralLayerFunction(torch.autograd.Function):
         if cfg.activation:
             grad_values = backend.activation_backward(values, grad_values)
         batch = out_mask.shape[0] // weight.shape[0]
-        grad_out = CompressedSpectrum(
+        grad_out = CompressedSpectrum._trusted(
             grad_values.to(real), out_mask, out_offsets, batch, weight.shape[0], cfg.grid
         )
         grad_sources, grad_kernels, start = [], [], 0
@@ -184,7 +184,7 @@ class SpectralOutputFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, mask, offsets, channels: int, geom: BlockGeometry, out_dtype: torch.dtype):
         batch = mask.shape[0] // channels
-        spectrum = CompressedSpectrum(values, mask, offsets, batch, channels, geom.grid)
+        spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
         with annotate("output.forward"):
             y = transforms.to_space(ops(values.device).unpack(spectrum), geom)
         ctx.save_for_backward(mask, offsets)

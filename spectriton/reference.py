@@ -59,7 +59,7 @@ def threshold_compact(
     if value_dtype is not None:
         values = values.to(value_dtype)
     offsets = offsets_from_counts(keep.sum(-1))
-    return CompressedSpectrum(values, pack_bits(keep), offsets, batch, channels, grid)
+    return CompressedSpectrum._trusted(values, pack_bits(keep), offsets, batch, channels, grid)
 
 
 def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
