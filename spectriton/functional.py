@@ -105,7 +105,7 @@ class SpectralLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, cfg: LayerConfig, *sources):
-        with annotate(f"layer.forward {cfg.describe(weight)}"):
+        with annotate(lambda: f"layer.forward {cfg.describe(weight)}"):
             return SpectralLayerFunction._forward(ctx, weight, bias, cfg, *sources)
 
     @staticmethod
@@ -133,7 +133,7 @@ class SpectralLayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
         saved = ctx.saved_tensors  # unpacked once: checkpointing refuses a second unpack
-        with annotate(f"layer.backward {ctx.cfg.describe(saved[0])}"):
+        with annotate(lambda: f"layer.backward {ctx.cfg.describe(saved[0])}"):
             return SpectralLayerFunction._backward(ctx, grad_values, *saved)
 
     @staticmethod

@@ -9,11 +9,13 @@ Inside ``torch.compile`` graphs there are none: the compiled kernels carry their
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
+from collections.abc import Callable
 
 import torch
+
+PREFIX = "spectriton."
 
 
 @functools.cache
@@ -28,28 +30,47 @@ def enabled() -> bool:
     return os.environ.get("SPECTRITON_NVTX", "1") != "0" and _cuda()
 
 
-@contextlib.contextmanager
-def annotate(name: str):
-    """An NVTX range named ``spectriton.<name>`` around the block, when enabled."""
-    if not enabled():
-        yield
-        return
-    torch.cuda.nvtx.range_push(f"spectriton.{name}")
-    try:
-        yield
-    finally:
-        torch.cuda.nvtx.range_pop()
+class _Range:
+    """Context manager: one NVTX range ``spectriton.<name>``, pushed only when enabled.
+
+    ``name`` may be a zero-argument callable, so that a label that takes work to build
+    (layer shapes, say) is built only when the range is pushed.
+    """
+
+    __slots__ = ("name", "pushed")
+
+    def __init__(self, name: str | Callable[[], str]) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.pushed = enabled()
+        if self.pushed:
+            torch.cuda.nvtx.range_push(PREFIX + (self.name() if callable(self.name) else self.name))
+
+    def __exit__(self, *exc) -> None:
+        if self.pushed:
+            torch.cuda.nvtx.range_pop()
+
+
+def annotate(name: str | Callable[[], str]) -> _Range:
+    """An NVTX range named ``spectriton.<name>`` around a ``with`` block, when enabled."""
+    return _Range(name)
 
 
 def ranged(name: str):
-    """Decorator: the function runs inside an NVTX range ``spectriton.<name>``, when enabled."""
+    """Decorator: the function runs inside an NVTX range ``spectriton.<name>``, when enabled.
+
+    The per-call path is spelled out rather than going through :func:`annotate`: kernel
+    launches are frequent, and this keeps a disabled range to one :func:`enabled` check.
+    """
+    label = PREFIX + name
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
             if not enabled():
                 return fn(*args, **kwargs)
-            torch.cuda.nvtx.range_push(f"spectriton.{name}")
+            torch.cuda.nvtx.range_push(label)
             try:
                 return fn(*args, **kwargs)
             finally:

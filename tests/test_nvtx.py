@@ -51,3 +51,21 @@ def test_spectriton_nvtx_0_turns_them_off(pushed, monkeypatch):
     names, _ = pushed
     _step()
     assert names == []
+
+
+def test_a_callable_label_is_built_only_when_pushed(pushed, monkeypatch):
+    names, _ = pushed
+    built = []
+
+    def label():
+        built.append(1)
+        return "layer.forward 2->3"
+
+    monkeypatch.setenv("SPECTRITON_NVTX", "0")
+    with nvtx.annotate(label):
+        pass
+    assert built == [] and names == []
+    monkeypatch.setenv("SPECTRITON_NVTX", "1")
+    with nvtx.annotate(label):
+        pass
+    assert built == [1] and names == ["spectriton.layer.forward 2->3"]
