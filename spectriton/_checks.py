@@ -168,12 +168,3 @@ def bias(b: object, out_channels: int, name: str = "bias") -> torch.Tensor | Non
     if tuple(b.shape) != (out_channels,):
         raise ValueError(f"{name} must have shape ({out_channels},), got {tuple(b.shape)}")
     return b
-
-
-def model_options(options: dict) -> None:
-    """The builder options of :func:`spectriton.models.build` that are not checked elsewhere."""
-    if "spectral" in options:
-        boolean(options["spectral"], "spectral")
-    for name in ("in_channels", "num_classes", "growth", "layers"):
-        if name in options:
-            positive_int(options[name], name)

@@ -23,7 +23,11 @@ from spectriton.pooling import CompactMaxPool2d
 MODELS = ("lenet5", "alexnet", "vgg16", "densenet")
 
 
-def _spec_options(beta, density, value_dtype) -> dict:
+def _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes) -> dict:
+    """Check the options every builder takes; return the keyword arguments of its Spec layers."""
+    _checks.boolean(spectral, "spectral")
+    _checks.positive_int(in_channels, "in_channels")
+    _checks.positive_int(num_classes, "num_classes")
     beta, density = _checks.beta_or_density(beta, density)
     return dict(
         beta=beta, density=density, activation="split_tanh", value_dtype=_checks.value_dtype(value_dtype)
@@ -82,7 +86,7 @@ def lenet5(
     Spec: 28 -> FFT 32 -> 24 -> pool 12 -> FFT 16 -> 8 -> pool 4 (the table's "15 x 15"
     grid for the second block is 12 + 5 - 1 = 16 here, DESIGN.md section 2).
     """
-    options = _spec_options(beta, density, value_dtype)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
     features, channels = _conv_stages([[6], [16]], in_channels, 5, 0, spectral, [False, False], options)
     return _network(features, _mlp([channels * 4 * 4, 120, 80, num_classes]))
 
@@ -101,7 +105,7 @@ def alexnet(
 
     Spec: blocks on grids 34, 18 and 10, the last holding three layers.
     """
-    options = _spec_options(beta, density, value_dtype)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
     stages = [[24], [96], [192, 192, 96]]
     features, channels = _conv_stages(stages, in_channels, 3, 1, spectral, [False, False, True], options)
     return _network(features, _mlp([channels * 4 * 4, 1024, 1024, num_classes]))
@@ -124,7 +128,7 @@ def vgg16(
     same widths and depth (what the paper says it compares) and the memory ratio measures
     the representation, not a missing layer.
     """
-    options = _spec_options(beta, density, value_dtype)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
     stages = [[64, 64], [128, 128], [256, 256, 256]]
     features, channels = _conv_stages(stages, in_channels, 3, 1, spectral, [True] * 3, options)
     return _network(features, _mlp([channels * 4 * 4, 512, num_classes]))
@@ -170,7 +174,9 @@ def densenet(
     the spectral domain): each layer is a 3x3 spectral layer reading the block input and
     every earlier output, between one FFT and one IFFT.
     """
-    options = _spec_options(beta, density, value_dtype)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
+    _checks.positive_int(growth, "growth")
+    _checks.positive_int(layers, "layers")
     stem = 64
     if spectral:
         features: list[nn.Module] = [
@@ -190,7 +196,6 @@ def build(name: str, **options) -> nn.Sequential:
     """One of :data:`MODELS` by name, with the builder's options."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
-    _checks.model_options(options)
     return globals()[name](**options)
 
 

@@ -458,6 +458,14 @@ MODELS = [
     ),
     ("zero growth", lambda: models.build("densenet", growth=0), ValueError, ["growth", "positive"]),
     ("zero dense layers", lambda: models.build("densenet", layers=0), ValueError, ["layers", "positive"]),
+    (
+        "builder zero in_channels",
+        lambda: models.lenet5(in_channels=0),
+        ValueError,
+        ["in_channels", "positive"],
+    ),
+    ("builder string spectral", lambda: models.alexnet(spectral="no"), TypeError, ["spectral", "bool"]),
+    ("builder zero growth", lambda: models.densenet(spectral=True, growth=0), ValueError, ["growth"]),
 ]
 
 CASES = MODULES + COMPRESSED + FUNCTIONAL + CONVERT + MEMORY + MODELS
