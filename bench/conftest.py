@@ -7,6 +7,7 @@ speed) and large sizes are left out.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -29,6 +30,7 @@ def quick(request) -> bool:
     return request.config.getoption("--quick")
 
 
+@functools.cache
 def _cpu_model() -> str:
     """The processor's model name (``platform.processor()`` is empty on most Linux systems)."""
     try:
