@@ -131,18 +131,11 @@ class CompressedSpectrum:
         self.batch, self.channels, self.grid = batch, channels, grid
 
     @classmethod
-    def _trusted(
-        cls,
-        values: torch.Tensor,
-        mask: torch.Tensor,
-        offsets: torch.Tensor,
-        batch: int,
-        channels: int,
-        grid: tuple[int, int],
-    ) -> CompressedSpectrum:
-        """Build without checks, for tensors the library made itself."""
+    def _trusted(cls, *fields) -> CompressedSpectrum:
+        """Build from the constructor's arguments without checking them, for tensors the
+        library made itself (``grid`` a tuple)."""
         self = object.__new__(cls)
-        self._set(values, mask, offsets, batch, channels, tuple(grid))
+        self._set(*fields)
         return self
 
     @classmethod

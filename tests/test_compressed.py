@@ -42,6 +42,14 @@ def test_all_zero_and_fully_dense_maps():
     torch.testing.assert_close(c.to_dense(), dense)
 
 
+def test_unchecked_builder_matches_the_constructor():
+    c = CompressedSpectrum.from_dense(torch.randn(2, 3, 5, 3, dtype=torch.complex64), (5, 4))
+    fields = (c.values, c.mask, c.offsets, c.batch, c.channels, c.grid)
+    for built in (CompressedSpectrum(*fields), CompressedSpectrum._trusted(*fields)):
+        assert all(a is b for a, b in zip(built.tensors(), fields)) and built.shape == c.shape
+        torch.testing.assert_close(built.to_dense(), c.to_dense())
+
+
 @pytest.mark.parametrize("bins", [1, 31, 32, 33, 100])
 def test_bit_helpers(bins):
     keep = torch.rand(4, bins) > 0.5
