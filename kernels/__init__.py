@@ -5,13 +5,21 @@ The launchers here have the names and signatures of their pure-torch twins in
 """
 
 from spectriton.kernels.packing import pack, unpack
-from spectriton.kernels.spectral_product import product, product_input_grad, product_weight_grad
+from spectriton.kernels.spectral_product import (
+    operand,
+    product,
+    product_input_grad,
+    product_threshold,
+    product_weight_grad,
+)
 from spectriton.kernels.threshold import activation_backward, threshold_compact
 
 __all__ = [
     "activation_backward",
     "pack",
+    "operand",
     "product",
+    "product_threshold",
     "product_input_grad",
     "product_weight_grad",
     "threshold_compact",

@@ -1,10 +1,11 @@
-"""Jit helpers shared by the kernels: bit counting and packed-value indexing.
+"""Jit helpers shared by the kernels: bit counting and reading frequency-major spectra.
 
-A compressed map stores a bitmask (int32 words, bit ``j`` of word ``w`` keeps entry
-``32 * w + j``) and its kept entries packed in row-major order from ``offsets[map]``. The
-packed index of a kept entry ``f`` is ``offsets[map] + prefix[map, f // 32]`` plus the
-kept entries below ``f`` in its own word, where ``prefix`` is the transient per-word
-running count built by :func:`spectriton.compressed.word_prefix`.
+A compressed spectrum is one stream of entries, frequency-major: entry ``(n, c)`` of
+frequency ``f`` is stream element ``p = (f * N + n) * C + c``. Its keep bit is bit ``p % 32``
+of mask word ``p // 32``; its packed index is ``prefix[p // 32]`` plus the kept entries below
+it in its own word, where ``prefix`` is the transient exclusive running count per word
+built by :func:`spectriton.compressed.word_prefix`. A dense spectrum is the same stream
+with every entry present, as interleaved (re, im) pairs.
 """
 
 import triton
@@ -21,17 +22,76 @@ def popcount32(x):
 
 
 @triton.jit
-def packed_index(mask_ptr, prefix_ptr, offsets_ptr, maps, f, inside, words_per_map):
-    """For maps ``maps`` and entries ``f`` (broadcastable): (kept?, packed index) of each.
+def stream_lookup(mask_ptr, prefix_ptr, p, inside):
+    """For stream positions ``p`` (int64): (kept?, packed index) of each entry.
 
-    ``inside`` masks entries out of range; they come back as not kept.
+    ``inside`` masks positions out of range; they come back as not kept.
     """
-    maps = maps.to(tl.int64) + f * 0  # broadcast to the shape of the entries
-    word_index = maps * words_per_map + f // 32
-    word = tl.load(mask_ptr + word_index, mask=inside, other=0).to(tl.uint32)
-    bit = (f % 32).to(tl.uint32)
+    word_index = p >> 5
+    word = tl.load(mask_ptr + word_index, mask=inside, other=0).to(tl.uint32, bitcast=True)
+    bit = (p & 31).to(tl.uint32)
     kept = ((word >> bit) & 1) != 0
     below = (word << (31 - bit)) << 1  # the bits under ``bit``, shifted to the top
-    start = tl.load(offsets_ptr + maps, mask=inside, other=0)
-    start += tl.load(prefix_ptr + word_index, mask=inside, other=0)
+    start = tl.load(prefix_ptr + word_index, mask=inside, other=0)
     return kept & inside, start + popcount32(below).to(tl.int64)
+
+
+@triton.jit
+def load_tile(
+    values_ptr, mask_ptr, prefix_ptr, f, rows, cols, R, C, PACKED: tl.constexpr, TRANSPOSED: tl.constexpr
+):
+    """Rows ``rows`` x channels ``cols`` of frequency ``f`` of an ``(F, R, C)`` spectrum, as
+    a real ``(rows, 2 cols)`` tile with (re, im) interleaved (``TRANSPOSED``: its transpose,
+    ``(2 cols, rows)``, loaded in that layout), zeros where nothing is kept, and whether the
+    tile holds any entry at all (all-zero tiles can be skipped).
+
+    ``PACKED``: compressed (values, mask, prefix); else dense pairs (the mask and prefix
+    pointers are unused).
+    """
+    if TRANSPOSED:
+        r, c = rows[None, :], cols[:, None]
+    else:
+        r, c = rows[:, None], cols[None, :]
+    inside = (r < R) & (c < C)
+    p = (f.to(tl.int64) * R + r) * C + c
+    if PACKED:
+        kept, index = stream_lookup(mask_ptr, prefix_ptr, p, inside)
+    else:
+        kept, index = inside, p
+    any_kept = tl.max(tl.max(kept.to(tl.int32), axis=1), axis=0) > 0
+    pair = tl.arange(0, 2)
+    if TRANSPOSED:
+        pairs = tl.load(
+            values_ptr + 2 * index[:, None, :] + pair[None, :, None], mask=kept[:, None, :], other=0.0
+        )
+        tile = tl.reshape(pairs, (2 * cols.shape[0], rows.shape[0]))
+    else:
+        pairs = tl.load(
+            values_ptr + 2 * index[:, :, None] + pair[None, None, :], mask=kept[:, :, None], other=0.0
+        )
+        tile = tl.reshape(pairs, (rows.shape[0], 2 * cols.shape[0]))
+    return tile, any_kept
+
+
+@triton.jit
+def real_form(pairs):
+    """A ``(rows, cols, 2)`` tile of complex pairs ``b`` -> its
+    real ``(2 rows, 2 cols)`` form: row ``2k`` is ``(br, bi)`` and row ``2k + 1`` is
+    ``(-bi, br)`` per column pair, so that ``x_real @ real_form(b)`` is ``x @ b`` interleaved."""
+    re, im = tl.split(pairs)
+    rows: tl.constexpr = pairs.shape[0]
+    cols: tl.constexpr = pairs.shape[1]
+    even = tl.reshape(tl.join(re, im), (rows, 2 * cols))
+    odd = tl.reshape(tl.join(-im, re), (rows, 2 * cols))
+    return tl.reshape(tl.permute(tl.join(even, odd), (0, 2, 1)), (2 * rows, 2 * cols))
+
+
+@triton.jit
+def dot(a, b, acc, PRECISION: tl.constexpr):
+    """``acc + a @ b`` on tensor cores: ``"bf16"`` rounds the operands to bfloat16,
+    ``"tf32"`` and ``"ieee"`` (exact float32, or float64) keep them."""
+    if PRECISION == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        out = tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=PRECISION)
+    return out

@@ -1,14 +1,20 @@
 """Ahead-of-time build of every kernel for real GPUs, without a GPU.
 
-``python -m spectriton.kernels`` compiles each kernel, in each variant and autotune
-config the launchers can pick, for sm_80 and sm_90 with ``triton.compile`` and a
-``GPUTarget``, then reads registers, local memory (spills) and shared memory from the
-cubin with the ``cuobjdump`` shipped in the triton wheel. Exit status 1 when a kernel
-fails to build or spills.
+``python -m spectriton.kernels`` compiles each kernel, in each variant and autotune config
+the launchers can pick, for sm_80 and sm_90 with ``triton.compile`` and a ``GPUTarget``,
+with the specialisation the JIT gives those launches: every pointer 16-byte aligned and the
+integer arguments that are multiples of 16 at the paper's shapes (batch, channels, strides)
+marked divisible by 16, as Triton's launcher marks them. From the cubin it reads registers,
+local memory (spills) and shared memory (``cuobjdump --dump-resource-usage``) and, from the
+SASS (``cuobjdump -sass``), the tensor-core instructions (HMMA on sm_80, HGMMA or HMMA on
+sm_90) and the vector global loads (64 or 128 bits). ``--cubin-dir DIR`` writes every cubin
+there as ``<kernel>[<variant>].sm_<arch>.cubin``. Exit status 1 when a kernel fails to build
+or spills.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -18,16 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ARCHS = (80, 90)
+PRECISIONS = ("tf32", "bf16")  # what the launchers pick on GPU ("ieee" is the tests' exact mode)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One compilation of a kernel: argument types, constexprs and launch options."""
+    """One compilation of a kernel: argument types, constexprs, aligned arguments and options."""
 
     name: str
     kernel: object
     signature: dict[str, str]
     constexprs: dict[str, object]
+    aligned: tuple[str, ...]
     num_warps: int = 4
 
 
@@ -38,16 +46,16 @@ def _autotune_configs(kernel) -> list[tuple[dict[str, object], int]]:
 def _signature(fn, types: dict[str, str]) -> dict[str, str]:
     """Every argument of ``fn``: constexprs as such, ``types`` where given, else ``i32``.
 
-    Pointer names (``*_ptr``) default to ``*fp32``, except masks, prefixes (``*i32``) and
-    offsets or counts (``*i64``).
+    Pointer names (``*_ptr``) default to ``*fp32``, except masks (``*i32``) and prefixes
+    (``*i64``).
     """
 
     def default(name: str) -> str:
         if not name.endswith("_ptr"):
             return "i32"
-        if "mask" in name or "prefix" in name:
+        if "mask" in name:
             return "*i32"
-        return "*i64" if "offsets" in name or "counts" in name else "*fp32"
+        return "*i64" if "prefix" in name else "*fp32"
 
     return {p.name: "constexpr" if p.is_constexpr else types.get(p.name, default(p.name)) for p in fn.params}
 
@@ -58,24 +66,21 @@ def variants() -> list[Variant]:
 
     out: list[Variant] = []
 
-    def add(name, fn, constexprs, num_warps=4, **types):
-        out.append(Variant(name, fn, _signature(fn, types), constexprs, num_warps))
+    def add(name, fn, constexprs, num_warps=4, divisible=(), **types):
+        signature = _signature(fn, types)
+        aligned = tuple(k for k, v in signature.items() if v.startswith("*")) + tuple(divisible)
+        out.append(Variant(name, fn, signature, constexprs, aligned, num_warps))
 
     for activation in (False, True):
         add(
-            f"spectral_threshold_compact_kernel[act={int(activation)}]",
-            threshold.spectral_threshold_compact_kernel,
-            {"ACTIVATION": activation, "BLOCK": 1024},
+            f"spectral_threshold_kernel[act={int(activation)}]",
+            threshold.spectral_threshold_kernel,
+            {"ACTIVATION": activation, "BLOCK": threshold.THRESHOLD_BLOCK},
             num_warps=8,
+            divisible=("numel",),
+            numel="i64",
             scale="fp32",
             beta2="fp32",
-        )
-    for dtype in ("fp32", "bf16"):
-        add(
-            f"spectral_gather_runs_kernel[{dtype}]",
-            threshold.spectral_gather_runs_kernel,
-            {"BLOCK": 256},
-            values_ptr=f"*{dtype}",
         )
     add(
         "spectral_activation_backward_kernel[bf16]",
@@ -83,85 +88,141 @@ def variants() -> list[Variant]:
         {"BLOCK": 1024},
         z_ptr="*bf16",
     )
-    for name in ("spectral_unpack_kernel", "spectral_pack_kernel"):
-        add(name, getattr(packing, name), {"BLOCK": packing.BLOCK})
+    add("spectral_unpack_kernel[fp32]", packing.spectral_unpack_kernel, {"BLOCK": packing.BLOCK}, numel="i64")
+    for dtype in ("fp32", "bf16"):
+        add(
+            f"spectral_pack_kernel[{dtype}]",
+            packing.spectral_pack_kernel,
+            {"BLOCK": packing.BLOCK},
+            values_ptr=f"*{dtype}",
+            numel="i64",
+        )
+    P = spectral_product
     roles = {
-        "forward": dict(X_PACKED=True, OUT_PACKED=False, CONJ_W=True, HAS_BIAS=True),
-        "forward_dense": dict(X_PACKED=False, OUT_PACKED=False, CONJ_W=True, HAS_BIAS=True),
-        "input_grad_packed": dict(X_PACKED=True, OUT_PACKED=True, CONJ_W=False, HAS_BIAS=False),
-        "input_grad_dense": dict(X_PACKED=True, OUT_PACKED=False, CONJ_W=False, HAS_BIAS=False),
+        "forward": dict(X_PACKED=True, EPILOGUE=P.THRESHOLD, HAS_BIAS=True, ACTIVATION=True),
+        "forward_dense_input": dict(X_PACKED=False, EPILOGUE=P.THRESHOLD, HAS_BIAS=True, ACTIVATION=True),
+        "product": dict(X_PACKED=True, EPILOGUE=P.PLAIN, HAS_BIAS=True, ACTIVATION=False),
+        "input_grad_packed": dict(X_PACKED=True, EPILOGUE=P.PACKED_AT_MASK, HAS_BIAS=False, ACTIVATION=False),
+        "input_grad_dense": dict(X_PACKED=True, EPILOGUE=P.PLAIN, HAS_BIAS=False, ACTIVATION=False),
     }
-    product = spectral_product.spectral_product_kernel
+    product = P.spectral_product_kernel
     for role, flags in roles.items():
-        for config, warps in _autotune_configs(product):
-            tag = ",".join(f"{k}={v}" for k, v in config.items())
-            add(f"spectral_product_kernel[{role},{tag}]", product.fn, {**flags, **config}, warps)
-    wgrad = spectral_product.spectral_weight_grad_kernel
-    for packed in (True, False):
-        for config, warps in _autotune_configs(wgrad):
-            tag = ",".join(f"{k}={v}" for k, v in config.items())
-            add(
-                f"spectral_weight_grad_kernel[packed={int(packed)},{tag}]",
-                wgrad.fn,
-                {"X_PACKED": packed, **config},
-                warps,
-            )
+        for index, (config, warps) in enumerate(_autotune_configs(product)):
+            for precision in PRECISIONS[: 2 if index == 0 else 1]:
+                tag = ",".join(f"{k}={v}" for k, v in config.items())
+                add(
+                    f"spectral_product_kernel[{role},{precision},{tag}]",
+                    product.fn,
+                    {**flags, **config, "PRECISION": precision},
+                    warps,
+                    divisible=("stride_kf", "stride_kk", "N", "K", "Q"),
+                    scale="fp32",
+                    beta2="fp32",
+                )
+    wgrad = P.spectral_weight_grad_kernel
+    for x_packed in (True, False):
+        for index, (config, warps) in enumerate(_autotune_configs(wgrad)):
+            for precision in PRECISIONS[: 2 if index == 0 else 1]:
+                tag = ",".join(f"{k}={v}" for k, v in config.items())
+                add(
+                    f"spectral_weight_grad_kernel[x_packed={int(x_packed)},{precision},{tag}]",
+                    wgrad.fn,
+                    {"X_PACKED": x_packed, "G_PACKED": True, "PRECISION": precision, **config},
+                    warps,
+                    divisible=("N", "K", "Q"),
+                )
     return out
 
 
-def _cuobjdump() -> str:
+def _tool(name: str) -> str:
     import triton
 
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [_tool("cuobjdump"), *flags, f.name], capture_output=True, text=True, check=True
+        ).stdout
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
     """Registers, stack, local (spill) and shared bytes of the only function in ``cubin``."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run(
-            [_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
-        ).stdout
+    text = _cuobjdump(cubin, "--dump-resource-usage")
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text.split("Function", 1)[1]))
     return {k.lower(): int(v) for k, v in fields.items()}
 
 
-def build(variant: Variant, arch: int) -> dict[str, object]:
-    """Compile ``variant`` for ``sm_<arch>``; a row of the report."""
+def sass_counts(cubin: bytes) -> dict[str, int]:
+    """Tensor-core instructions (HMMA, HGMMA) and vector global loads (LDG of 64 or 128 bits)
+    in the SASS of ``cubin``."""
+    sass = _cuobjdump(cubin, "-sass")
+    return {
+        "hmma": len(re.findall(r"\bHMMA\.", sass)),
+        "hgmma": len(re.findall(r"\bHGMMA\.", sass)),
+        "vector_loads": len(re.findall(r"\bLDG\.E\.(?:64|128)\b", sass)),
+    }
+
+
+def compile_variant(variant: Variant, arch: int):
+    """The compiled kernel of ``variant`` for ``sm_<arch>``, specialised as the JIT would."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(fn=variant.kernel, signature=variant.signature, constexprs=variant.constexprs)
-    compiled = triton.compile(
+    names = list(variant.signature)
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in variant.aligned}
+    source = ASTSource(
+        fn=variant.kernel, signature=variant.signature, constexprs=variant.constexprs, attrs=attrs
+    )
+    return triton.compile(
         source, target=GPUTarget("cuda", arch, 32), options={"num_warps": variant.num_warps}
     )
-    usage = resource_usage(compiled.asm["cubin"])
+
+
+def build(variant: Variant, arch: int, cubin_dir: Path | None = None) -> dict[str, object]:
+    """Compile ``variant`` for ``sm_<arch>``; a row of the report."""
+    compiled = compile_variant(variant, arch)
+    cubin = compiled.asm["cubin"]
+    if cubin_dir is not None:
+        (cubin_dir / f"{variant.name}.sm_{arch}.cubin").write_bytes(cubin)
+    usage = resource_usage(cubin)
     return {
         "kernel": variant.name,
         "arch": f"sm_{arch}",
         "registers": usage["reg"],
         "spills": usage["local"] + usage["stack"],
         "shared": max(usage["shared"], compiled.metadata.shared),
-        "cubin_bytes": len(compiled.asm["cubin"]),
+        **sass_counts(cubin),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spectriton.kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--cubin-dir", type=Path, help="write every compiled cubin into this folder")
+    parser.add_argument("--only", help="build only the variants whose name contains this text")
+    args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the ahead-of-time build needs the compiler", file=sys.stderr)
         return 2
+    if args.cubin_dir is not None:
+        args.cubin_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    all_variants = variants()
-    width = max(len(v.name) for v in all_variants)
-    header = f"{'kernel':<{width}} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7} {'cubin':>7}"
+    chosen = [v for v in variants() if args.only is None or args.only in v.name]
+    width = max(len(v.name) for v in chosen)
+    header = (
+        f"{'kernel':<{width}} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7} "
+        f"{'HMMA':>5} {'HGMMA':>5} {'LDG64+':>6}"
+    )
     print(header)
     print("-" * len(header))
-    for variant in all_variants:
+    for variant in chosen:
         for arch in ARCHS:
             try:
-                row = build(variant, arch)
+                row = build(variant, arch, args.cubin_dir)
             except Exception as error:  # a kernel that does not build is a row, not a crash
                 failed += 1
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -170,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += row["spills"] > 0
             print(
                 f"{row['kernel']:<{width}} {row['arch']:<6} {row['registers']:>5} {row['spills']:>6} "
-                f"{row['shared']:>7} {row['cubin_bytes']:>7}",
+                f"{row['shared']:>7} {row['hmma']:>5} {row['hgmma']:>5} {row['vector_loads']:>6}",
                 flush=True,
             )
     print(f"{failed} failure(s)" if failed else "all kernels built, no spills")

@@ -1,77 +1,84 @@
-"""Dense <-> compressed for the block's ends: unpack before the inverse FFT, pack the
-spectral gradient after its adjoint. Each program handles one block of one map.
+"""Dense <-> compressed, in stream order: unpack before the inverse FFT, pack the spectral
+gradient after its adjoint and the staged kept entries after a threshold. Each program
+handles ``BLOCK`` consecutive stream entries.
 
-Bytes moved: unpack reads ``MF/8`` mask + ``v nnz`` values and writes ``8MF``; pack reads
-the mask and the kept entries of the dense gradient and writes ``8 nnz``.
+Bytes moved: unpack reads ``E/8`` mask + ``v nnz`` values and writes ``8E``; pack reads the
+mask and the kept entries of the dense input and writes ``v nnz``.
 """
 
 import torch
 import triton
 import triton.language as tl
-from spectriton.kernels._bits import packed_index
+from spectriton.kernels._bits import stream_lookup
 
-from spectriton.compressed import CompressedSpectrum, word_prefix
+from spectriton.compressed import CompressedSpectrum, frequency_offsets, word_prefix
 from spectriton.nvtx import ranged
 
-BLOCK = 256
+BLOCK = 512
 
 
 @triton.jit
-def spectral_unpack_kernel(
-    values_ptr, mask_ptr, prefix_ptr, offsets_ptr, dense_ptr, bins, words, BLOCK: tl.constexpr
-):
-    m = tl.program_id(0)
-    f = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = f < bins
-    kept, index = packed_index(mask_ptr, prefix_ptr, offsets_ptr, m, f, inside, words)
-    dst = (m.to(tl.int64) * bins + f) * 2
-    for part in tl.static_range(2):
-        v = tl.load(values_ptr + index * 2 + part, mask=kept, other=0.0)
-        tl.store(dense_ptr + dst + part, v.to(dense_ptr.dtype.element_ty), mask=inside)
+def spectral_unpack_kernel(values_ptr, mask_ptr, prefix_ptr, dense_ptr, numel, BLOCK: tl.constexpr):
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = p < numel
+    kept, index = stream_lookup(mask_ptr, prefix_ptr, p, inside)
+    pair = tl.arange(0, 2)
+    v = tl.load(values_ptr + 2 * index[:, None] + pair[None, :], mask=kept[:, None], other=0.0)
+    tl.store(
+        dense_ptr + 2 * p[:, None] + pair[None, :], v.to(dense_ptr.dtype.element_ty), mask=inside[:, None]
+    )
 
 
 @triton.jit
-def spectral_pack_kernel(
-    dense_ptr, mask_ptr, prefix_ptr, offsets_ptr, values_ptr, bins, words, BLOCK: tl.constexpr
-):
-    m = tl.program_id(0)
-    f = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = f < bins
-    kept, index = packed_index(mask_ptr, prefix_ptr, offsets_ptr, m, f, inside, words)
-    src = (m.to(tl.int64) * bins + f) * 2
-    for part in tl.static_range(2):
-        v = tl.load(dense_ptr + src + part, mask=kept)
-        tl.store(values_ptr + index * 2 + part, v.to(values_ptr.dtype.element_ty), mask=kept)
+def spectral_pack_kernel(dense_ptr, mask_ptr, prefix_ptr, values_ptr, numel, BLOCK: tl.constexpr):
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    kept, index = stream_lookup(mask_ptr, prefix_ptr, p, p < numel)
+    pair = tl.arange(0, 2)
+    v = tl.load(dense_ptr + 2 * p[:, None] + pair[None, :], mask=kept[:, None])
+    tl.store(
+        values_ptr + 2 * index[:, None] + pair[None, :], v.to(values_ptr.dtype.element_ty), mask=kept[:, None]
+    )
+
+
+def _pack_into(values: torch.Tensor, pairs: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor) -> None:
+    numel = pairs.shape[0]
+    spectral_pack_kernel[(triton.cdiv(numel, BLOCK),)](pairs, mask, prefix, values, numel, BLOCK=BLOCK)
 
 
 @ranged("unpack")
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.unpack`."""
-    dense = torch.empty(spectrum.shape, dtype=spectrum.dense_dtype, device=spectrum.values.device)
+    shape = (spectrum.bins, spectrum.batch, spectrum.channels)
+    dense = torch.empty(shape, dtype=spectrum.dense_dtype, device=spectrum.values.device)
     if spectrum.numel:
-        words = spectrum.mask.shape[1]
-        spectral_unpack_kernel[(spectrum.maps, triton.cdiv(spectrum.bins, BLOCK))](
-            spectrum.values,
-            spectrum.mask,
-            word_prefix(spectrum.mask),
-            spectrum.offsets,
-            torch.view_as_real(dense),
-            spectrum.bins,
-            words,
-            BLOCK=BLOCK,
-        )
+        spectral_unpack_kernel[(triton.cdiv(spectrum.numel, BLOCK),)](
+            spectrum.values, spectrum.mask, word_prefix(spectrum.mask), torch.view_as_real(dense),
+            spectrum.numel, BLOCK=BLOCK,
+        )  # fmt: skip
     return dense
 
 
 @ranged("pack")
-def pack(dense: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.pack`."""
-    pairs = torch.view_as_real(dense.contiguous())
-    maps, words = mask.shape
-    bins = dense.numel() // max(maps, 1)
+    pairs = torch.view_as_real(dense.contiguous()).view(-1, 2)
     values = torch.empty(nnz, 2, dtype=pairs.dtype, device=dense.device)
     if nnz:
-        spectral_pack_kernel[(maps, triton.cdiv(bins, BLOCK))](
-            pairs, mask, word_prefix(mask), offsets, values, bins, words, BLOCK=BLOCK
-        )
+        _pack_into(values, pairs, mask, word_prefix(mask))
     return values
+
+
+def compress_staged(
+    staged: torch.Tensor, mask: torch.Tensor, batch: int, channels: int, grid, value_dtype
+) -> CompressedSpectrum:
+    """A compressed spectrum from its finished keep bits and a dense ``(E, 2)`` buffer that
+    holds (at least) the kept entries. One host synchronisation: the count of kept entries,
+    which sizes the values buffer."""
+    prefix = word_prefix(mask)
+    bins = grid[0] * (grid[1] // 2 + 1)
+    offsets = frequency_offsets(mask, prefix, bins, batch * channels)
+    nnz = int(offsets[-1])
+    values = torch.empty(nnz, 2, dtype=value_dtype or staged.dtype, device=staged.device)
+    if nnz:
+        _pack_into(values, staged, mask, prefix)
+    return CompressedSpectrum._trusted(values, mask, offsets, batch, channels, grid)

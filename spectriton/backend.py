@@ -33,7 +33,8 @@ def ops(device: torch.device) -> ModuleType:
     """The module holding the backend's ops for tensors on ``device``.
 
     Both modules expose the same functions: ``threshold_compact``, ``activation_backward``,
-    ``product``, ``product_input_grad``, ``product_weight_grad``, ``pack``, ``unpack``.
+    ``product``, ``product_threshold``, ``product_input_grad``, ``product_weight_grad``,
+    ``operand``, ``pack``, ``unpack``.
     """
     if backend_name(device) == "triton":
         from spectriton import kernels

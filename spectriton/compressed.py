@@ -1,18 +1,26 @@
-"""The compressed spectrum: keep-bitmask, packed values, per-map offsets (DESIGN.md section 3).
+"""The compressed spectrum: keep-bitmask, packed values, per-frequency offsets (DESIGN.md section 3).
 
-A half spectrum of shape ``(batch, channels, P0, P1 // 2 + 1)`` is ``maps = batch * channels``
-maps of ``bins`` complex entries each. It is stored as
+A half spectrum of ``batch x channels`` maps on a grid ``P`` has ``bins = P0 * (P1 // 2 + 1)``
+frequencies. It is laid out **frequency-major**: entry ``(n, c, f)`` is element
+``(f * batch + n) * channels + c`` of one logical stream, so for each frequency the
+``batch x channels`` matrix is contiguous and the spectral product is one GEMM per
+frequency. Dense frequency-major spectra are complex ``(bins, batch, channels)`` tensors
+(``(P0, P1 // 2 + 1, batch, channels)`` flattened over the first two). Stored:
 
-- ``mask``: int32 ``(maps, words)``, bit ``j`` of word ``w`` keeps entry ``32 * w + j``;
-- ``values``: ``(nnz, 2)`` real/imaginary pairs of the kept entries, map after map, each
-  map's entries in row-major order;
-- ``offsets``: int64 ``(maps + 1,)``, where each map's run starts (``offsets[-1] == nnz``).
+- ``mask``: int32 ``(ceil(numel / 32),)``, the stream's keep bits with no padding between
+  rows: bit ``j`` of word ``w`` keeps element ``32 * w + j``;
+- ``values``: ``(nnz, 2)`` real/imaginary pairs of the kept entries, in stream order;
+- ``offsets``: int64 ``(bins + 1,)``, where each frequency's run starts (``offsets[-1] == nnz``).
 
-That is ``nnz * value_bytes + ceil(numel / 8) + 12 * maps + 8`` bytes at most, inside the
-budget ``nnz * value_bytes + ceil(numel / 8) + 16 * maps + 1 KiB``.
+That is ``nnz * value_bytes + 4 * ceil(numel / 32) + 8 * bins + 8`` bytes, inside the budget
+``nnz * value_bytes + ceil(numel / 8) + 16 * maps + 8 * bins + 1 KiB``. Finer prefixes (per
+mask word) are rebuilt from popcounts when a kernel needs them (:func:`word_prefix`), never
+saved.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -22,49 +30,70 @@ WORD_BITS = 32
 VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def words_per_map(bins: int) -> int:
-    return -(-bins // WORD_BITS)
+def mask_words(numel: int) -> int:
+    """Int32 words of the bitmask of a stream of ``numel`` entries."""
+    return -(-numel // WORD_BITS)
+
+
+@functools.cache
+def _byte_popcounts(device: torch.device) -> torch.Tensor:
+    """Set bits of each byte value, uint8 ``(256,)``."""
+    table = torch.arange(256, dtype=torch.uint8, device=device)
+    counts = torch.zeros(256, dtype=torch.uint8, device=device)
+    for bit in range(8):
+        counts += (table >> bit) & 1
+    return counts
 
 
 def popcount(words: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of each 32-bit word, as int64."""
-    x = words.to(torch.int64) & 0xFFFFFFFF
-    x = x - ((x >> 1) & 0x55555555)
-    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F
-    return ((x * 0x01010101) & 0xFFFFFFFF) >> 24
+    """Number of set bits of each int32 word, as int32 (a byte table; no 64-bit scratch)."""
+    table = _byte_popcounts(words.device)
+    per_byte = table[words.reshape(-1).contiguous().view(torch.uint8).to(torch.int32)]
+    return per_byte.view(*words.shape, 4).sum(-1, dtype=torch.int32)
 
 
 def pack_bits(keep: torch.Tensor) -> torch.Tensor:
-    """Bool ``(maps, bins)`` -> int32 ``(maps, words)`` bitmask."""
-    maps, bins = keep.shape
-    words = words_per_map(bins)
-    padded = torch.zeros(maps, words * WORD_BITS, dtype=torch.int64, device=keep.device)
-    padded[:, :bins] = keep
-    shifts = torch.arange(WORD_BITS, device=keep.device, dtype=torch.int64)
-    packed = (padded.view(maps, words, WORD_BITS) << shifts).sum(-1)
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    """Bool stream ``(numel,)`` -> int32 ``(ceil(numel / 32),)`` bitmask (little-endian words)."""
+    numel = keep.numel()
+    padded = torch.zeros(mask_words(numel) * WORD_BITS, dtype=torch.uint8, device=keep.device)
+    padded[:numel] = keep.reshape(-1)
+    shifts = torch.arange(8, dtype=torch.uint8, device=keep.device)
+    packed = (padded.view(-1, 8) << shifts).sum(-1, dtype=torch.uint8)
+    return packed.view(torch.int32)
 
 
-def unpack_bits(mask: torch.Tensor, bins: int) -> torch.Tensor:
-    """Int32 ``(maps, words)`` bitmask -> bool ``(maps, bins)``."""
-    shifts = torch.arange(WORD_BITS, device=mask.device, dtype=torch.int32)
-    bits = (mask.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(mask.shape[0], mask.shape[1] * WORD_BITS)[:, :bins].bool()
+def unpack_bits(mask: torch.Tensor, numel: int) -> torch.Tensor:
+    """Int32 bitmask -> bool stream ``(numel,)``."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
+    words = mask[: mask_words(numel)].contiguous()
+    bits = (words.view(torch.uint8).unsqueeze(-1) >> shifts) & 1
+    return bits.view(-1)[:numel].bool()
 
 
 def word_prefix(mask: torch.Tensor) -> torch.Tensor:
-    """Exclusive running count of kept entries before each mask word, int32 ``(maps, words)``.
+    """Exclusive running count of kept entries before each mask word, int64 ``(words,)``.
 
-    Transient: the kernels that index packed values by bit position need it, and it is
+    Transient: the kernels that index packed values by stream position need it, and it is
     cheap to rebuild, so it is never saved.
     """
-    counts = popcount(mask)
-    return (counts.cumsum(-1) - counts).to(torch.int32)
+    counts = popcount(mask).to(torch.int64)
+    return counts.cumsum(0) - counts
+
+
+def frequency_offsets(mask: torch.Tensor, prefix: torch.Tensor, bins: int, per_bin: int) -> torch.Tensor:
+    """Int64 ``(bins + 1,)`` run offsets read off a finished mask and its :func:`word_prefix`:
+    the kept entries before stream position ``f * per_bin``, for every ``f``."""
+    device = mask.device
+    total = prefix[-1:] + popcount(mask[-1:]) if mask.numel() else prefix.new_zeros(1)
+    prefix = torch.cat([prefix, total])
+    words = torch.cat([mask, mask.new_zeros(1)]).to(torch.int64) & 0xFFFFFFFF
+    position = torch.arange(bins + 1, dtype=torch.int64, device=device) * per_bin
+    below = words[position >> 5] & ((1 << (position & 31)) - 1)
+    return prefix[position >> 5] + popcount(below.to(torch.int32)).to(torch.int64)
 
 
 def offsets_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """Per-map counts -> int64 ``(maps + 1,)`` run offsets."""
+    """Per-frequency counts -> int64 ``(bins + 1,)`` run offsets."""
     offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
     torch.cumsum(counts.reshape(-1), 0, out=offsets[1:])
     return offsets
@@ -81,14 +110,21 @@ def as_complex(pairs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.view_as_complex(pairs.to(real).contiguous())
 
 
+def frequency_major(spectrum: torch.Tensor) -> torch.Tensor:
+    """``(batch, channels, P0, P1 // 2 + 1)`` -> contiguous ``(bins, batch, channels)``."""
+    batch, channels, rows, cols = spectrum.shape
+    return spectrum.permute(2, 3, 0, 1).contiguous().view(rows * cols, batch, channels)
+
+
 class CompressedSpectrum:
     """A thresholded half spectrum, stored compactly (see the module docstring).
 
     ``values`` may be float32 pairs (complex64, the default), float64 pairs (complex128,
     used by gradcheck) or bfloat16 / float16 pairs (4 bytes per entry). Build one with
-    :meth:`from_dense`, read it back with :meth:`to_dense`. The constructor checks its
-    arguments; the library's own call sites, whose tensors are right by construction, use
-    :meth:`_trusted`, which skips the checks (they cost more than a small layer's launch).
+    :meth:`from_dense`, read it back with :meth:`to_dense`. The constructor checks that its
+    parts are consistent (shapes, dtypes, offsets against the mask's popcounts: O(numel));
+    the library's own call sites, whose tensors are right by construction, use
+    :meth:`_trusted`, which skips the checks.
     """
 
     __slots__ = ("values", "mask", "offsets", "batch", "channels", "grid")
@@ -106,10 +142,11 @@ class CompressedSpectrum:
         for name, count in (("batch", batch), ("channels", channels)):
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise TypeError(f"{name} must be an int >= 0, got {count!r}")
-        maps, words = batch * channels, words_per_map(grid[0] * (grid[1] // 2 + 1))
+        bins = grid[0] * (grid[1] // 2 + 1)
+        numel = batch * channels * bins
         for name, t, dtype, shape in (
-            ("mask", mask, torch.int32, (maps, words)),
-            ("offsets", offsets, torch.int64, (maps + 1,)),
+            ("mask", mask, torch.int32, (mask_words(numel),)),
+            ("offsets", offsets, torch.int64, (bins + 1,)),
         ):
             if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
                 raise ValueError(
@@ -123,6 +160,21 @@ class CompressedSpectrum:
         ):
             raise ValueError(
                 f"values must be float (nnz, 2) real/imaginary pairs, got {_checks.describe(values)}"
+            )
+        if not (values.device == mask.device == offsets.device):
+            raise ValueError(
+                f"values, mask and offsets must be on one device, got {values.device}, "
+                f"{mask.device}, {offsets.device}"
+            )
+        keep = unpack_bits(mask, mask.numel() * WORD_BITS)
+        if keep[numel:].any():
+            raise ValueError("mask has bits set past the last entry")
+        counts = keep[:numel].view(bins, -1).sum(-1) if numel else torch.zeros_like(offsets[1:])
+        if not torch.equal(offsets, offsets_from_counts(counts)):
+            raise ValueError("offsets must start at 0 and step by each frequency's popcount of the mask")
+        if int(offsets[-1]) != values.shape[0]:
+            raise ValueError(
+                f"values must hold the mask's {int(offsets[-1])} kept entries, got {values.shape[0]}"
             )
         self._set(values, mask, offsets, batch, channels, grid)
 
@@ -170,14 +222,9 @@ class CompressedSpectrum:
                 f"got {_checks.describe(keep)}"
             )
         value_dtype = _checks.value_dtype(value_dtype)
-        batch, channels = spectrum.shape[:2]
-        flat = spectrum.reshape(batch * channels, half[0] * half[1])
-        keep = (flat != 0) if keep is None else keep.reshape(flat.shape)
-        values = as_pairs(flat[keep])
-        if value_dtype is not None:
-            values = values.to(value_dtype)
-        offsets = offsets_from_counts(keep.sum(-1))
-        return cls._trusted(values, pack_bits(keep), offsets, batch, channels, grid)
+        dense = frequency_major(spectrum)
+        keep = dense != 0 if keep is None else frequency_major(keep)
+        return compact(dense, keep, grid, lambda kept: kept, value_dtype)
 
     @property
     def half(self) -> tuple[int, int]:
@@ -185,7 +232,7 @@ class CompressedSpectrum:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        """Shape of the dense half spectrum this stands for."""
+        """Shape of the dense half spectrum this stands for, ``(batch, channels, *half)``."""
         return (self.batch, self.channels, *self.half)
 
     @property
@@ -220,17 +267,49 @@ class CompressedSpectrum:
         return self.values, self.mask, self.offsets
 
     def keep(self) -> torch.Tensor:
-        """The keep-mask as bool ``(maps, bins)``."""
-        return unpack_bits(self.mask, self.bins)
+        """The keep-mask as a bool stream ``(numel,)``, frequency-major."""
+        return unpack_bits(self.mask, self.numel)
+
+    def kept_positions(self) -> torch.Tensor:
+        """Stream positions of the kept entries, int64 ``(nnz,)``, in value order."""
+        return self.keep().nonzero().squeeze(1)
+
+    def to_frequency_major(self) -> torch.Tensor:
+        """The complex spectrum as ``(bins, batch, channels)``, zeros where nothing was kept."""
+        dense = torch.zeros(self.numel, 2, dtype=self.dense_dtype.to_real(), device=self.values.device)
+        dense.index_copy_(0, self.kept_positions(), self.values.to(dense.dtype))
+        return torch.view_as_complex(dense).view(self.bins, self.batch, self.channels)
 
     def to_dense(self) -> torch.Tensor:
-        """The complex half spectrum, zeros where nothing was kept."""
-        dense = torch.zeros(self.maps, self.bins, dtype=self.dense_dtype, device=self.values.device)
-        dense[self.keep()] = as_complex(self.values, self.dense_dtype)
-        return dense.view(self.shape)
+        """The complex half spectrum ``(batch, channels, P0, P1 // 2 + 1)`` (a permuted view
+        of :meth:`to_frequency_major`)."""
+        return self.to_frequency_major().view(*self.half, self.batch, self.channels).permute(2, 3, 0, 1)
 
     def __repr__(self) -> str:
         return (
             f"CompressedSpectrum(shape={self.shape}, grid={self.grid}, nnz={self.nnz}, "
             f"density={self.density:.3f}, values={self.values.dtype}, nbytes={self.nbytes})"
         )
+
+
+def compact(
+    dense: torch.Tensor,
+    keep: torch.Tensor,
+    grid: tuple[int, int],
+    activate,
+    value_dtype: torch.dtype | None,
+) -> CompressedSpectrum:
+    """Frequency-major complex ``(bins, batch, channels)`` -> compressed, keeping ``keep``.
+
+    ``activate`` maps the kept ``(nnz, 2)`` pairs to the stored ones (split tanh, or
+    identity). One ``nonzero`` and one ``index_select``.
+    """
+    bins, batch, channels = dense.shape
+    positions = keep.reshape(-1).nonzero().squeeze(1)
+    values = activate(as_pairs(dense).reshape(-1, 2).index_select(0, positions))
+    if value_dtype is not None:
+        values = values.to(value_dtype)
+    counts = keep.reshape(bins, -1).sum(-1)
+    return CompressedSpectrum._trusted(
+        values, pack_bits(keep), offsets_from_counts(counts), batch, channels, grid
+    )

@@ -22,7 +22,7 @@ import torch
 
 from spectriton import _checks, transforms
 from spectriton.backend import ops
-from spectriton.compressed import CompressedSpectrum
+from spectriton.compressed import CompressedSpectrum, unpack_bits
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 from spectriton.nvtx import annotate
 
@@ -38,6 +38,7 @@ class LayerConfig:
 
     grid: tuple[int, int]
     size: tuple[int, int]
+    batch: int
     kernel: tuple[int, int]
     beta: float
     activation: bool
@@ -58,40 +59,56 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if double else torch.float32
 
 
-def _dc_real(spectrum: CompressedSpectrum) -> torch.Tensor:
+def _dc_real(spectrum: CompressedSpectrum | torch.Tensor, batch: int, channels: int) -> torch.Tensor:
     """Real part of each map's DC entry (zero where it was not kept), ``(batch, channels)``."""
-    values = spectrum.values
-    if values.shape[0] == 0:
-        return values.new_zeros(spectrum.batch, spectrum.channels)
-    kept = (spectrum.mask[:, 0] & 1).bool()
-    first = spectrum.offsets[:-1].clamp(max=values.shape[0] - 1)
-    return torch.where(kept, values[first, 0], 0).view(spectrum.batch, spectrum.channels)
+    if not isinstance(spectrum, CompressedSpectrum):
+        return spectrum[0].real
+    first = batch * channels  # the DC frequency is the stream's first batch x channels entries
+    dc = spectrum.values.new_zeros(first)
+    kept = unpack_bits(spectrum.mask, first)
+    dc[kept] = spectrum.values[: int(kept.sum()), 0]
+    return dc.view(batch, channels)
 
 
 def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 << 16) -> float:
     """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries.
 
-    A quantile of the magnitudes, estimated on an evenly strided sample of at most
-    ``sample`` entries, in float64 so that huge magnitudes do not overflow to an infinite
-    threshold.
+    A quantile of the magnitudes of the finite entries, estimated on at most ``sample``
+    entries spread over the whole spectrum by a golden-ratio sequence (so the sample never
+    aliases with a row length), in float64 so that huge magnitudes do not overflow to an
+    infinite threshold.
     """
     if density >= 1:
         return 0.0
     flat = spectrum.reshape(-1)
-    magnitude = flat[:: max(1, flat.numel() // sample)].to(torch.complex128).abs()
+    if flat.numel() > sample:
+        steps = torch.arange(sample, dtype=torch.float64, device=flat.device)
+        index = ((steps * 0.6180339887498949) % 1 * flat.numel()).long()
+        flat = flat[index]
+    magnitude = flat.to(torch.complex128).abs()
+    magnitude = magnitude[torch.isfinite(magnitude)]
+    if magnitude.numel() == 0:
+        return 0.0
     k = min(max(int((1 - density) * magnitude.numel()), 1), magnitude.numel())
     return float(magnitude.kthvalue(k).values)
+
+
+def _exact(device: torch.device):
+    """Autocast off: spectra and kernel spectra are computed in float32 (or float64) however
+    the caller autocasts (the DFT matmuls would otherwise round to bfloat16)."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _sources(tensors: tuple) -> list[tuple]:
     return [tensors[i : i + 3] for i in range(0, len(tensors), 3)]
 
 
-def _layer_input(inputs, mask, offsets, channels, grid, real) -> CompressedSpectrum | torch.Tensor:
-    """A layer's input spectrum: the FFT of a spatial batch, or a compressed layer output."""
+def _layer_input(inputs, mask, offsets, batch, channels, grid, real) -> CompressedSpectrum | torch.Tensor:
+    """A layer's input spectrum: the FFT of a spatial batch (dense, frequency-major), or a
+    compressed layer output."""
     if mask is None:
         return transforms.map_spectrum(inputs.to(real), grid)
-    return CompressedSpectrum._trusted(inputs, mask, offsets, mask.shape[0] // channels, channels, grid)
+    return CompressedSpectrum._trusted(inputs, mask, offsets, batch, channels, grid)
 
 
 class SpectralLayerFunction(torch.autograd.Function):
@@ -105,16 +122,39 @@ class SpectralLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, cfg: LayerConfig, *sources):
-        with annotate(lambda: f"layer.forward {cfg.describe(weight)}"):
+        with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
             return SpectralLayerFunction._forward(ctx, weight, bias, cfg, *sources)
 
     @staticmethod
     def _forward(ctx, weight, bias, cfg: LayerConfig, *sources):
         backend = ops(weight.device)
         real = _compute_dtype(weight, *sources[::3])
+        if len(cfg.channels) == 1 and cfg.density is None:
+            out = SpectralLayerFunction._fused_forward(backend, weight, bias, cfg, real, *sources)
+            beta = cfg.beta
+        else:
+            out, beta = SpectralLayerFunction._summed_forward(backend, weight, bias, cfg, real, *sources)
+        ctx.save_for_backward(weight, out.values if cfg.activation else None, out.mask, out.offsets, *sources)
+        ctx.cfg, ctx.real, ctx.has_bias = cfg, real, bias is not None
+        ctx.mark_non_differentiable(out.mask, out.offsets)
+        return out.values, out.mask, out.offsets, beta
+
+    @staticmethod
+    def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> CompressedSpectrum:
+        """One source at a fixed beta: the product with the threshold in its epilogue."""
+        spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, cfg.channels[0], cfg.grid, real)
+        kernel = transforms.kernel_spectrum(weight.to(real), cfg.grid, cfg.shifts[0])
+        bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(cfg.grid)
+        return backend.product_threshold(
+            spectrum_in, kernel, bias_dc, cfg.beta, cfg.activation, cfg.value_dtype, cfg.grid
+        )
+
+    @staticmethod
+    def _summed_forward(backend, weight, bias, cfg, real, *sources) -> tuple[CompressedSpectrum, float]:
+        """Several sources (a dense block) or a density budget: the dense product first."""
         product, start = None, 0
         for (inputs, mask, offsets), channels, shift in zip(_sources(sources), cfg.channels, cfg.shifts):
-            spectrum_in = _layer_input(inputs, mask, offsets, channels, cfg.grid, real)
+            spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
             kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
             bias_dc = None
             if bias is not None and product is None:
@@ -122,18 +162,14 @@ class SpectralLayerFunction(torch.autograd.Function):
             part = backend.product(spectrum_in, kernel, bias_dc)
             product = part if product is None else product.add_(part)
             start += channels
-        del spectrum_in, part
+        del spectrum_in, part, kernel
         beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
-        out = backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid)
-        ctx.save_for_backward(weight, out.values if cfg.activation else None, out.mask, out.offsets, *sources)
-        ctx.cfg, ctx.real, ctx.has_bias = cfg, real, bias is not None
-        ctx.mark_non_differentiable(out.mask, out.offsets)
-        return out.values, out.mask, out.offsets, beta
+        return backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid), beta
 
     @staticmethod
     def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
         saved = ctx.saved_tensors  # unpacked once: checkpointing refuses a second unpack
-        with annotate(lambda: f"layer.backward {ctx.cfg.describe(saved[0])}"):
+        with annotate(lambda: f"layer.backward {ctx.cfg.describe(saved[0])}"), _exact(saved[0].device):
             return SpectralLayerFunction._backward(ctx, grad_values, *saved)
 
     @staticmethod
@@ -142,19 +178,21 @@ class SpectralLayerFunction(torch.autograd.Function):
         backend = ops(weight.device)
         if cfg.activation:
             grad_values = backend.activation_backward(values, grad_values)
-        batch = out_mask.shape[0] // weight.shape[0]
+        out_channels = weight.shape[0]
         grad_out = CompressedSpectrum._trusted(
-            grad_values.to(real), out_mask, out_offsets, batch, weight.shape[0], cfg.grid
+            grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
         )
+        grad_out = backend.operand(grad_out)  # converted once, read by every product below
         grad_sources, grad_kernels, start = [], [], 0
         for index, ((inputs, mask, offsets), channels, shift) in enumerate(
             zip(_sources(tuple(sources)), cfg.channels, cfg.shifts)
         ):
-            spectrum_in = _layer_input(inputs, mask, offsets, channels, cfg.grid, real)
-            kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
+            spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
+            part = weight[:, start : start + channels].to(real)
             start += channels
             grad_inputs = None
             if ctx.needs_input_grad[3 + 3 * index]:
+                kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
                 if mask is None:
                     grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
                     grad_inputs = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
@@ -163,14 +201,14 @@ class SpectralLayerFunction(torch.autograd.Function):
                 grad_inputs = grad_inputs.to(inputs.dtype)
             grad_sources += [grad_inputs, None, None]
             if ctx.needs_input_grad[0]:
-                grad_kernel = backend.product_weight_grad(spectrum_in, grad_out)
+                grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
                 grad_kernels.append(
                     transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
                 )
         grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype) if grad_kernels else None
         grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[1]:
-            grad_bias = _dc_real(grad_out).sum(0) * transforms.bias_scale(cfg.grid)
+            grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
             grad_bias = grad_bias.to(weight.dtype)
         return grad_weight, grad_bias, None, *grad_sources
 
@@ -178,26 +216,25 @@ class SpectralLayerFunction(torch.autograd.Function):
 class SpectralOutputFunction(torch.autograd.Function):
     """Compressed spectrum -> spatial output: inverse FFT, circular crop, stride.
 
-    Saves only the mask and offsets (already saved by the last layer).
+    Saves only the mask (already saved by the last layer).
     """
 
     @staticmethod
-    def forward(ctx, values, mask, offsets, channels: int, geom: BlockGeometry, out_dtype: torch.dtype):
-        batch = mask.shape[0] // channels
+    def forward(ctx, values, mask, offsets, batch: int, channels: int, geom: BlockGeometry, out_dtype):
         spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
         with annotate("output.forward"):
             y = transforms.to_space(ops(values.device).unpack(spectrum), geom)
-        ctx.save_for_backward(mask, offsets)
+        ctx.save_for_backward(mask)
         ctx.geom, ctx.nnz, ctx.real = geom, values.shape[0], y.dtype
         return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_y):
-        mask, offsets = ctx.saved_tensors
+        (mask,) = ctx.saved_tensors
         with annotate("output.backward"):
             grad_spectrum = transforms.to_space_adjoint(grad_y.to(ctx.real), ctx.geom)
-            grad_values = ops(mask.device).pack(grad_spectrum, mask, offsets, ctx.nnz)
-        return grad_values, None, None, None, None, None
+            grad_values = ops(mask.device).pack(grad_spectrum, mask, ctx.nnz)
+        return grad_values, None, None, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,7 @@ class SpectralFlow:
     values: torch.Tensor
     mask: torch.Tensor | None
     offsets: torch.Tensor | None
+    batch: int
     channels: int
     offset: tuple[int, int]
     geom: BlockGeometry
@@ -218,16 +256,17 @@ class SpectralFlow:
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
         geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
-        return cls(x, None, None, x.shape[1], (0, 0), geom, x.dtype)
+        return cls(x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype)
 
     @property
     def density(self) -> float:
         """Fraction of the spectrum's entries that were kept."""
         if self.mask is None:
             return 1.0
-        return self.values.shape[0] / max(self.mask.shape[0] * self.geom.bins, 1)
+        return self.values.shape[0] / max(self.batch * self.channels * self.geom.bins, 1)
 
 
+@torch.compiler.disable  # eager inside: data-dependent sizes (issue 17 registers custom ops)
 def spectral_layer(
     sources: SpectralFlow | Sequence[SpectralFlow],
     weight: torch.Tensor,
@@ -252,6 +291,7 @@ def spectral_layer(
     cfg = LayerConfig(
         grid=first.geom.grid,
         size=first.geom.size,
+        batch=first.batch,
         kernel=(weight.shape[2], weight.shape[3]),
         beta=beta,
         activation=activation == "split_tanh",
@@ -264,15 +304,20 @@ def spectral_layer(
     )
     tensors = [t for s in sources for t in (s.values, s.mask, s.offsets)]
     values, mask, offsets, used = SpectralLayerFunction.apply(weight, bias, cfg, *tensors)
-    return SpectralFlow(values, mask, offsets, weight.shape[0], target, first.geom, first.dtype, used)
+    return SpectralFlow(
+        values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used
+    )
 
 
+@torch.compiler.disable
 def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     """The spatial output of a source: a compressed one goes through the inverse FFT."""
     if flow.mask is None:
         return flow.values
     geom = replace(flow.geom, offset=flow.offset)
-    return SpectralOutputFunction.apply(flow.values, flow.mask, flow.offsets, flow.channels, geom, flow.dtype)
+    return SpectralOutputFunction.apply(
+        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, flow.dtype
+    )
 
 
 def empty_output(x: torch.Tensor, weights: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:

@@ -1,8 +1,13 @@
 """Pure-torch twin of every kernel in ``spectriton.kernels``: the reference backend.
 
-Each function here has a Triton launcher of the same name and signature; the tests compare
-the two, forward and backward. Dense spectra are complex ``(N, C, P0, P1 // 2 + 1)``
-tensors; compressed ones are :class:`~spectriton.compressed.CompressedSpectrum`.
+Each op here has a Triton launcher of the same name and signature; the tests compare the
+two, forward and backward. Spectra are frequency-major (:mod:`spectriton.compressed`):
+dense ones are complex ``(bins, batch, channels)`` tensors, compressed ones
+:class:`~spectriton.compressed.CompressedSpectrum`. Kernels come as the per-frequency
+product matrices ``K (bins, C, O)`` of :func:`spectriton.transforms.kernel_spectrum`, so
+the product and both its gradients are batched complex GEMMs over frequency
+(``torch.matmul``: MKL on CPU, cuBLAS on GPU), whose conjugate transposes BLAS applies
+as it reads (no copies).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import math
 
 import torch
 
-from spectriton.compressed import CompressedSpectrum, as_pairs, offsets_from_counts, pack_bits, unpack_bits
+from spectriton.compressed import CompressedSpectrum, as_pairs, compact, unpack_bits
 
 
 def scaled_threshold(beta: float) -> tuple[float, float]:
@@ -49,17 +54,24 @@ def threshold_compact(
     value_dtype: torch.dtype | None,
     grid: tuple[int, int],
 ) -> CompressedSpectrum:
-    """Threshold a dense product spectrum, apply split tanh if asked, compress the result."""
-    keep = keep_mask(spectrum, beta)
-    batch, channels = spectrum.shape[:2]
-    flat = spectrum.reshape(batch * channels, spectrum.shape[2] * spectrum.shape[3])
-    keep = keep.reshape(flat.shape)
-    kept = flat[keep]
-    values = as_pairs(split_tanh(kept) if activation else kept)
-    if value_dtype is not None:
-        values = values.to(value_dtype)
-    offsets = offsets_from_counts(keep.sum(-1))
-    return CompressedSpectrum._trusted(values, pack_bits(keep), offsets, batch, channels, grid)
+    """Threshold a dense frequency-major product spectrum ``(bins, N, O)``, apply split tanh
+    to the kept entries if asked, compress the result."""
+    activate = torch.tanh if activation else (lambda kept: kept)
+    return compact(spectrum, keep_mask(spectrum, beta), grid, activate, value_dtype)
+
+
+def product_threshold(
+    inputs: CompressedSpectrum | torch.Tensor,
+    kernel: torch.Tensor,
+    bias_dc: torch.Tensor | None,
+    beta: float,
+    activation: bool,
+    value_dtype: torch.dtype | None,
+    grid: tuple[int, int],
+) -> CompressedSpectrum:
+    """A whole layer's forward: :func:`product`, then :func:`threshold_compact` (the Triton
+    twin fuses the two)."""
+    return threshold_compact(product(inputs, kernel, bias_dc), beta, activation, value_dtype, grid)
 
 
 def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -74,20 +86,21 @@ def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
 
 
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
-    """Compressed -> dense complex half spectrum."""
-    return spectrum.to_dense()
+    """Compressed -> dense complex ``(bins, N, C)``."""
+    return spectrum.to_frequency_major()
 
 
-def pack(dense: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, nnz: int) -> torch.Tensor:
-    """The ``nnz`` entries of a dense half spectrum that ``mask`` keeps, as packed pairs."""
-    flat = dense.reshape(mask.shape[0], dense.shape[-2] * dense.shape[-1])
-    return as_pairs(flat[unpack_bits(mask, flat.shape[1])])
+def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The ``nnz`` entries of a dense frequency-major spectrum that ``mask`` keeps, as
+    packed pairs in stream order."""
+    positions = unpack_bits(mask, dense.numel()).nonzero().squeeze(1)
+    return as_pairs(dense).reshape(-1, 2).index_select(0, positions)
 
 
-def _dense(spectrum: CompressedSpectrum | torch.Tensor) -> torch.Tensor:
-    if isinstance(spectrum, CompressedSpectrum):
-        return unpack(spectrum)
-    return spectrum
+def operand(spectrum: CompressedSpectrum | torch.Tensor) -> torch.Tensor:
+    """What this backend's products read best: a dense frequency-major spectrum. A layer's
+    backward converts each spectrum once and hands it to every op that reads it."""
+    return unpack(spectrum) if isinstance(spectrum, CompressedSpectrum) else spectrum
 
 
 def product(
@@ -95,27 +108,30 @@ def product(
     kernel: torch.Tensor,
     bias_dc: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``Y[n, o] = sum_c X[n, c] * conj(W[o, c])``, plus ``bias_dc[o]`` on the DC bin."""
-    x = _dense(inputs)
-    y = torch.einsum("ncij,ocij->noij", x, kernel.conj())
+    """``Y[f] = X[f] K[f]``: ``Y[n, o] = sum_c X[n, c] conj(W[o, c])``, plus ``bias_dc[o]``
+    on the DC bin. Dense complex ``(bins, N, O)``."""
+    y = torch.matmul(operand(inputs), kernel)
     if bias_dc is not None:
-        y[:, :, 0, 0] += bias_dc.to(y.real.dtype)
+        y[0] += bias_dc.to(y.real.dtype)
     return y
 
 
 def product_input_grad(
-    grad: CompressedSpectrum,
-    kernel: torch.Tensor,
+    grad: CompressedSpectrum | torch.Tensor,
+    kernel_h: torch.Tensor,
     like: CompressedSpectrum | None,
 ) -> torch.Tensor:
-    """``gX[n, c] = sum_o gY[n, o] * W[o, c]``: dense, or packed like ``like`` when given."""
-    gx = torch.einsum("noij,ocij->ncij", unpack(grad), kernel)
-    return gx if like is None else pack(gx, like.mask, like.offsets, like.nnz)
+    """``gX[f] = gY[f] K[f]^H`` (``kernel_h`` is ``K^H (bins, O, C)``): dense
+    ``(bins, N, C)``, or packed at ``like``'s mask."""
+    gx = torch.matmul(operand(grad), kernel_h)
+    return gx if like is None else pack(gx, like.mask, like.nnz)
 
 
-def product_weight_grad(inputs: CompressedSpectrum | torch.Tensor, grad: CompressedSpectrum) -> torch.Tensor:
-    """``gW[o, c] = sum_n X[n, c] * conj(gY[n, o])``, dense ``(O, C, P0, P1 // 2 + 1)``."""
-    return torch.einsum("ncij,noij->ocij", _dense(inputs), unpack(grad).conj())
+def product_weight_grad(
+    inputs: CompressedSpectrum | torch.Tensor, grad: CompressedSpectrum | torch.Tensor
+) -> torch.Tensor:
+    """``gK[f] = X[f]^H gY[f]``, the gradient of the product matrices ``(bins, C, O)``."""
+    return torch.matmul(operand(inputs).mH, operand(grad))
 
 
 def dense_block(

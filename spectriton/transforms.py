@@ -1,84 +1,159 @@
-"""Between space and spectrum: the FFTs of DESIGN.md section 2 and their adjoints.
+"""Between space and spectrum: the transforms of DESIGN.md section 2 and their adjoints.
 
-Both backends use these (cuFFT or pocketFFT through ``torch.fft``). The adjoints are what
-the autograd functions need in backward; each matches what ``torch.autograd`` computes
-through the forward transform, which the tests check.
+Spectra are frequency-major (:mod:`spectriton.compressed`): a map's FFT lands as complex
+``(bins, batch, channels)``, and a kernel's spectrum as the per-frequency **product
+matrices** ``K (bins, C, O)`` with ``K[f, c, o] = conj(W[o, c, f])``, ``W = rfft2(w)``, so that
+the spectral product is ``Y[f] = X[f] K[f]`` (``Y[n, o] = sum_c X[n, c] conj(W[o, c])``:
+cross-correlation), the input gradient ``gY[f] K[f]^H`` (``K^H`` built directly, not
+transposed) and the kernel gradient ``X[f]^H gY[f]``: three GEMMs per frequency. ``K`` is a small DFT
+over the ``k x k`` taps computed as one real matmul, not an FFT of zero-padded kernels.
+The FFTs use cuFFT or pocketFFT through ``torch.fft``; each adjoint matches what
+``torch.autograd`` computes through its forward (the tests check).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 
 from spectriton.geometry import BlockGeometry
 
 
+def half(grid: tuple[int, int]) -> tuple[int, int]:
+    """Shape of a half spectrum on ``grid`` (what ``rfft2`` returns)."""
+    return grid[0], grid[1] // 2 + 1
+
+
 def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Spatial maps ``(N, C, H, W)`` -> half spectra on ``grid`` (zero-padded, orthonormal)."""
-    return torch.fft.rfft2(x, s=grid, norm="ortho")
+    """Spatial maps ``(N, C, H, W)`` -> frequency-major half spectra ``(bins, N, C)`` on
+    ``grid`` (zero-padded, orthonormal)."""
+    spectrum = torch.fft.rfft2(x, s=grid, norm="ortho")
+    return spectrum.permute(2, 3, 0, 1).contiguous().view(-1, x.shape[0], x.shape[1])
+
+
+def _scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
+    """Scale, in place, the half-spectrum columns (dim 1 of ``(rows, cols, ...)``) that a
+    real inverse transform counts twice."""
+    mirrored = grid[1] - half(grid)[1]
+    if mirrored > 0:
+        g[:, 1 : 1 + mirrored] *= factor
+    return g
 
 
 def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Adjoint of :func:`map_spectrum`: half-spectrum gradient -> spatial gradient of ``size``."""
-    full = g.new_zeros(*g.shape[:-1], grid[1])
-    full[..., : g.shape[-1]] = g
-    return torch.fft.ifft2(full, norm="ortho").real[..., : size[0], : size[1]]
+    """Adjoint of :func:`map_spectrum`: ``(bins, N, C)`` gradient -> ``(N, C, *size)``.
+
+    The adjoint of a real-input FFT is an inverse real FFT of the gradient with the columns
+    that it mirrors weighted by one half (a real transform, half the work of a complex one).
+    """
+    spectrum = _scale_mirrored_(g.reshape(*half(grid), *g.shape[1:]).clone(), grid, 0.5)
+    space = torch.fft.irfft2(spectrum, s=grid, dim=(0, 1), norm="ortho")
+    return space[: size[0], : size[1]].permute(2, 3, 0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _dft(
+    grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int], dtype, device
+) -> torch.Tensor:
+    """``[cos | sin]`` of the DFT angles, real ``(bins, 2 kh kw)``: row ``f``, column tap
+    ``(i, j)`` holds the phase of tap ``(i + shift0, j + shift1)`` at frequency ``f``."""
+    with torch.inference_mode(False):  # a cached table must be usable by autograd later
+        return _dft_table(grid, kernel, shift).to(dtype=dtype, device=device)
+
+
+def _dft_table(grid, kernel, shift) -> torch.Tensor:
+    rows, cols = half(grid)
+    u = torch.arange(rows, dtype=torch.int64).view(rows, 1, 1, 1)
+    v = torch.arange(cols, dtype=torch.int64).view(1, cols, 1, 1)
+    i = torch.arange(kernel[0], dtype=torch.int64).view(1, 1, -1, 1) + shift[0]
+    j = torch.arange(kernel[1], dtype=torch.int64).view(1, 1, 1, -1) + shift[1]
+    # exact integer phases modulo the grid, so the angle stays in [0, 2 pi)
+    turns = (u * i % grid[0]).double() / grid[0] + (v * j % grid[1]).double() / grid[1]
+    angle = (2 * math.pi * turns).reshape(rows * cols, kernel[0] * kernel[1])
+    return torch.cat([angle.cos(), angle.sin()], dim=1)
 
 
 def kernel_spectrum(
-    weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int] = (0, 0)
+    weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int] = (0, 0), adjoint: bool = False
 ) -> torch.Tensor:
-    """Spatial kernels ``(O, C, kh, kw)`` -> unnormalised half spectra on ``grid``.
+    """Spatial kernels ``(O, C, kh, kw)`` -> product matrices ``K (bins, C, O)`` on ``grid``
+    (module docstring), complex in ``weight``'s precision; with ``adjoint``, their conjugate
+    transposes ``K^H (bins, O, C)`` (what the input gradient multiplies by), contiguous.
 
-    ``shift`` rolls the zero-padded kernel first: a layer that sums sources whose crops
+    ``shift`` rolls the kernel on the grid first: a layer that sums sources whose crops
     differ (a dense block) shifts each source's kernel so their outputs line up.
     """
-    if shift == (0, 0):
-        return torch.fft.rfft2(weight, s=grid)
-    padded = weight.new_zeros(*weight.shape[:2], *grid)
-    padded[..., : weight.shape[2], : weight.shape[3]] = weight
-    return torch.fft.rfft2(torch.roll(padded, shift, dims=(-2, -1)))
+    out_channels, channels, kh, kw = weight.shape
+    taps = kh * kw
+    dft = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
+    # K = sum_t w_t (cos_t + i sin_t): one real GEMM whose output is already interleaved
+    order, rows, cols = (
+        ((2, 3, 0, 1), out_channels, channels) if adjoint else ((2, 3, 1, 0), channels, out_channels)
+    )
+    spread = weight.new_zeros(2, taps, rows * cols, 2)
+    spread[0, ..., 0] = weight.permute(order).reshape(taps, -1)
+    spread[1, ..., 1] = -spread[0, ..., 0] if adjoint else spread[0, ..., 0]
+    pairs = dft @ spread.view(2 * taps, -1)
+    return torch.view_as_complex(pairs.view(-1, rows, cols, 2))
 
 
 def kernel_spectrum_adjoint(
     g: torch.Tensor, grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
-    """Adjoint of :func:`kernel_spectrum`, cropped to the kernel (paper, eq. 4)."""
-    full = g.new_zeros(*g.shape[:-1], grid[1])
-    full[..., : g.shape[-1]] = g
-    space = torch.fft.ifft2(full, norm="forward").real
-    if shift != (0, 0):
-        space = torch.roll(space, (-shift[0], -shift[1]), dims=(-2, -1))
-    return space[..., : kernel[0], : kernel[1]]
+    """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4)."""
+    bins, channels, out_channels = g.shape
+    dft = _dft(grid, kernel, tuple(shift), g.real.dtype, g.device)
+    spread = dft.T @ torch.view_as_real(g.resolve_conj()).reshape(bins, -1)
+    spread = spread.view(2, -1, channels * out_channels, 2)
+    taps = spread[0, ..., 0] + spread[1, ..., 1]
+    return taps.view(*kernel, channels, out_channels).permute(3, 2, 0, 1)
 
 
-def _crop_index(geom: BlockGeometry, axis: int, device: torch.device) -> torch.Tensor:
-    """Circular rows (or columns) that the block's output reads, in output order."""
-    kept = torch.arange(0, geom.full[axis], geom.stride[axis], device=device)
-    return (kept - geom.offset[axis]) % geom.grid[axis]
+def _crop_slices(geom: BlockGeometry, axis: int) -> list[tuple[slice, slice]]:
+    """(grid slice, output slice) pairs along ``axis``: output index ``i`` reads circular
+    grid index ``(i * stride - offset) mod P``, which is at most two strided runs."""
+    size, stride, offset = geom.grid[axis], geom.stride[axis], geom.offset[axis] % geom.grid[axis]
+    count = geom.out[axis]
+    wrapped = min(-(-offset // stride), count)  # outputs that read before the grid's start
+    runs = []
+    if wrapped:
+        start = size - offset
+        runs.append((slice(start, start + (wrapped - 1) * stride + 1, stride), slice(0, wrapped)))
+    if count > wrapped:
+        start = wrapped * stride - offset
+        runs.append((slice(start, start + (count - wrapped - 1) * stride + 1, stride), slice(wrapped, count)))
+    return runs
 
 
 def to_space(spectrum: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
-    """Half spectra -> spatial output of the block: inverse FFT, circular crop, stride.
+    """Frequency-major half spectra ``(bins, N, C)`` -> the block's spatial output
+    ``(N, C, H_out, W_out)``: inverse FFT, circular crop, stride, back to NCHW.
 
     The result is a compact tensor of the output's size, not a view of the grid, so
     whatever later saves it holds only the output's bytes.
     """
-    y = torch.fft.irfft2(spectrum, s=geom.grid, norm="ortho")
-    y = y.index_select(-2, _crop_index(geom, 0, y.device))
-    return y.index_select(-1, _crop_index(geom, 1, y.device))
+    batch, channels = spectrum.shape[1:]
+    grid_spectrum = spectrum.view(*geom.half, batch, channels).permute(2, 3, 0, 1)
+    y = torch.fft.irfft2(grid_spectrum, s=geom.grid, norm="ortho")
+    out = y.new_empty(batch, channels, *geom.out)
+    for rows, out_rows in _crop_slices(geom, 0):
+        for cols, out_cols in _crop_slices(geom, 1):
+            out[:, :, out_rows, out_cols] = y[:, :, rows, cols]
+    return out
 
 
 def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
-    """Adjoint of :func:`to_space`: spatial output gradient -> half-spectrum gradient."""
-    rows = g.new_zeros(*g.shape[:-2], geom.grid[0], g.shape[-1])
-    rows.index_copy_(-2, _crop_index(geom, 0, g.device), g)
-    full = g.new_zeros(*g.shape[:-2], *geom.grid)
-    full.index_copy_(-1, _crop_index(geom, 1, g.device), rows)
+    """Adjoint of :func:`to_space`: ``(N, C, H_out, W_out)`` -> ``(bins, N, C)``."""
+    batch, channels = g.shape[:2]
+    full = g.new_zeros(batch, channels, *geom.grid)
+    for rows, out_rows in _crop_slices(geom, 0):
+        for cols, out_cols in _crop_slices(geom, 1):
+            full[:, :, rows, cols] = g[:, :, out_rows, out_cols]
     spectrum = torch.fft.rfft2(full, norm="ortho")
-    mirrored = geom.grid[1] - spectrum.shape[-1]  # columns irfft2 counts twice
-    if mirrored > 0:
-        spectrum[..., 1 : 1 + mirrored] *= 2
-    return spectrum
+    spectrum = spectrum.permute(2, 3, 0, 1).contiguous()
+    return _scale_mirrored_(spectrum, geom.grid, 2.0).view(-1, batch, channels)
 
 
 def bias_scale(grid: tuple[int, int]) -> float:

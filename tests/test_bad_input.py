@@ -22,7 +22,8 @@ x = torch.randn(2, 3, 9, 9)
 w = torch.randn(4, 3, 3, 3)
 same3 = LayerShape((3, 3), (1, 1), (1, 1))
 spectrum = torch.randn(2, 3, 9, 5, dtype=torch.complex64)
-mask, offsets = torch.zeros(6, 2, dtype=torch.int32), torch.zeros(7, dtype=torch.int64)
+# grid (9, 9): 45 bins; 2 x 3 maps: a stream of 270 entries, 9 mask words
+mask, offsets = torch.zeros(9, dtype=torch.int32), torch.zeros(46, dtype=torch.int64)
 
 
 def block(**change):
@@ -226,7 +227,34 @@ COMPRESSED = [
         "mask of the wrong shape",
         lambda: st.CompressedSpectrum(torch.zeros(0, 2), mask[:2], offsets, 2, 3, (9, 9)),
         ValueError,
-        ["mask", "(6, 2)"],
+        ["mask", "(9,)"],
+    ),
+    (
+        "offsets that disagree with the mask",
+        lambda: st.CompressedSpectrum(torch.zeros(1, 2), mask, offsets + 1, 2, 3, (9, 9)),
+        ValueError,
+        ["offsets", "popcount"],
+    ),
+    (
+        "values shorter than the mask keeps",
+        lambda: st.CompressedSpectrum(
+            torch.zeros(1, 2),
+            torch.tensor([3] + [0] * 8, dtype=torch.int32),
+            torch.tensor([0] + [2] * 45),
+            2,
+            3,
+            (9, 9),
+        ),
+        ValueError,
+        ["values", "2 kept entries"],
+    ),
+    (
+        "mask bits past the last entry",
+        lambda: st.CompressedSpectrum(
+            torch.zeros(0, 2), torch.tensor([0] * 8 + [-(2**31)], dtype=torch.int32), offsets, 2, 3, (9, 9)
+        ),
+        ValueError,
+        ["past the last entry"],
     ),
     (
         "int32 offsets",

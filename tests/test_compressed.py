@@ -1,16 +1,24 @@
-"""The compressed spectrum: layout, round trip, byte budget."""
+"""The compressed spectrum: frequency-major layout, round trip, byte budget, bit helpers."""
 
 import math
 
 import pytest
 import torch
 
-from spectriton.compressed import CompressedSpectrum, pack_bits, popcount, unpack_bits, word_prefix
+from spectriton.compressed import (
+    CompressedSpectrum,
+    frequency_offsets,
+    mask_words,
+    pack_bits,
+    popcount,
+    unpack_bits,
+    word_prefix,
+)
 
 
 def _budget(c: CompressedSpectrum, value_bytes: int) -> int:
     """DESIGN.md section 3."""
-    return c.nnz * value_bytes + math.ceil(c.numel / 8) + 16 * c.maps + 1024
+    return c.nnz * value_bytes + math.ceil(c.numel / 8) + 16 * c.maps + 8 * c.bins + 1024
 
 
 @pytest.mark.parametrize("grid", [(7, 7), (9, 9), (33, 33), (34, 34), (32, 32)], ids=str)
@@ -26,19 +34,26 @@ def test_round_trip_and_budget(grid, value_dtype, value_bytes):
     assert c.density == pytest.approx(c.nnz / dense.numel())
 
 
-def test_row_major_packing_per_map():
-    dense = torch.zeros(1, 2, 3, 3, dtype=torch.complex64)
-    dense[0, 0, 2, 1], dense[0, 0, 0, 2], dense[0, 1, 1, 0] = 1, 2, 3
-    c = CompressedSpectrum.from_dense(dense, (3, 4))
-    assert c.offsets.tolist() == [0, 2, 3]
-    assert c.values[:, 0].tolist() == [2, 1, 3]  # map 0 in row-major order, then map 1
+def test_frequency_major_order():
+    """Entry (n, c, f) sits at stream position (f * N + n) * C + c; values follow it."""
+    dense = torch.zeros(2, 2, 2, 2, dtype=torch.complex64)  # N, C, P0, P1 // 2 + 1
+    dense[1, 0, 0, 0] = 1  # f 0: position 2
+    dense[0, 1, 0, 0] = 2  # f 0: position 1
+    dense[0, 0, 1, 1] = 3  # f 3: position 12
+    dense[1, 1, 0, 1] = 4  # f 1: position 7
+    c = CompressedSpectrum.from_dense(dense, (2, 2))
+    assert c.values[:, 0].tolist() == [2, 1, 4, 3]
+    assert c.keep().nonzero().view(-1).tolist() == [1, 2, 7, 12]
+    assert c.mask.tolist() == [(1 << 1) | (1 << 2) | (1 << 7) | (1 << 12)]
+    assert c.offsets.tolist() == [0, 2, 3, 3, 4]
+    assert torch.equal(c.to_frequency_major()[0], dense[:, :, 0, 0])
 
 
-def test_all_zero_and_fully_dense_maps():
+def test_all_zero_and_fully_dense_frequencies():
     dense = torch.randn(2, 2, 5, 3, dtype=torch.complex64)
-    dense[0] = 0
+    dense[:, :, 0, 0] = 0  # the DC frequency keeps nothing
     c = CompressedSpectrum.from_dense(dense, (5, 4))
-    assert c.offsets.tolist() == [0, 0, 0, 15, 30]
+    assert c.offsets.tolist() == [0] + [4 * f for f in range(15)]
     torch.testing.assert_close(c.to_dense(), dense)
 
 
@@ -50,13 +65,22 @@ def test_unchecked_builder_matches_the_constructor():
         torch.testing.assert_close(built.to_dense(), c.to_dense())
 
 
-@pytest.mark.parametrize("bins", [1, 31, 32, 33, 100])
-def test_bit_helpers(bins):
-    keep = torch.rand(4, bins) > 0.5
+@pytest.mark.parametrize("numel", [1, 31, 32, 33, 100, 1000])
+def test_bit_helpers(numel):
+    keep = torch.rand(numel) > 0.5
     mask = pack_bits(keep)
-    assert mask.dtype == torch.int32 and mask.shape == (4, math.ceil(bins / 32))
-    assert torch.equal(unpack_bits(mask, bins), keep)
-    assert torch.equal(popcount(mask).sum(-1), keep.sum(-1))
+    assert mask.dtype == torch.int32 and mask.shape == (mask_words(numel),)
+    assert torch.equal(unpack_bits(mask, numel), keep)
+    expected = torch.tensor([bin(w & 0xFFFFFFFF).count("1") for w in mask.tolist()], dtype=torch.int32)
+    assert torch.equal(popcount(mask), expected)
     prefix = word_prefix(mask)
-    assert prefix[:, 0].eq(0).all()
-    assert torch.equal(prefix[:, -1] + popcount(mask[:, -1]), keep.sum(-1).to(prefix.dtype))
+    assert prefix[0] == 0 and prefix[-1] + popcount(mask[-1]) == keep.sum()
+
+
+@pytest.mark.parametrize("bins,per_bin", [(1, 5), (7, 3), (4, 32), (3, 40), (10, 1)])
+def test_frequency_offsets_from_the_mask(bins, per_bin):
+    keep = torch.rand(bins * per_bin) > 0.4
+    mask = pack_bits(keep)
+    offsets = frequency_offsets(mask, word_prefix(mask), bins, per_bin)
+    counts = keep.view(bins, per_bin).sum(-1)
+    assert offsets.tolist() == [0, *counts.cumsum(0).tolist()]

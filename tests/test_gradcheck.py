@@ -21,11 +21,10 @@ D = torch.float64
 
 
 def _product_magnitudes(x, w, b, grid):
-    y = torch.einsum(
-        "ncij,ocij->noij", transforms.map_spectrum(x, grid), transforms.kernel_spectrum(w, grid).conj()
-    )
-    y[:, :, 0, 0] += b * transforms.bias_scale(grid)
-    return y.abs()
+    from spectriton.reference import product
+
+    kernel = transforms.kernel_spectrum(w, grid)
+    return product(transforms.map_spectrum(x, grid), kernel, b * transforms.bias_scale(grid)).abs()
 
 
 @pytest.mark.parametrize("activation", [False, True], ids=["linear", "split_tanh"])

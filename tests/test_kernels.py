@@ -1,19 +1,20 @@
 """Each Triton kernel against its pure-torch twin (under TRITON_INTERPRET=1 on CPU).
 
-Outputs are allocated NaN-filled (see ``poisoned_empty``) so a missed store shows, and
-compressed outputs are compared map by map.
+Outputs are allocated NaN-filled (see ``poisoned_empty``) so a missed store shows. The
+compressed format is deterministic in stream order, so masks and offsets must be equal.
 """
 
 import pytest
 import torch
-from conftest import DEVICE, poisoned_empty
+from conftest import DEVICE, poisoned_empty, safe_beta
 
 from spectriton import reference as ref
 from spectriton.compressed import CompressedSpectrum
 
 kernels = pytest.importorskip("spectriton.kernels")
 
-# (batch, channels, grid): odd sizes 7, 9, 33 and the paper's grids (LeNet 32, VGG 34, 18).
+# (batch, channels, grid): odd sizes 7, 9, 33, the paper's grids (LeNet 32, VGG 34, 18), and
+# channel counts that are (33) and are not (3, 5) whole mask words per row.
 GRIDS = [
     (2, 3, (7, 7)),
     (2, 3, (9, 9)),
@@ -21,32 +22,37 @@ GRIDS = [
     (2, 2, (32, 32)),
     (1, 2, (34, 34)),
     (2, 5, (18, 18)),
+    (3, 33, (5, 5)),
 ]
 IDS = [f"B{b}-C{c}-P{g[0]}" for b, c, g in GRIDS]
+# The GEMM kernels run one program per frequency tile, so the interpreter's cost grows with
+# the grid; their maths does not depend on it. Small grids, odd sizes and 33 channels
+# (a K loop of several chunks, partial tiles everywhere).
+GEMM_GRIDS = [(2, 3, (7, 7)), (2, 3, (5, 9)), (3, 33, (5, 5)), (2, 5, (6, 6))]
+GEMM_IDS = [f"B{b}-C{c}-P{g[0]}x{g[1]}" for b, c, g in GEMM_GRIDS]
+DTYPES = [torch.float32, torch.float64]
 
 
-def _spectrum(batch, channels, grid, scale=1.0):
-    return scale * torch.randn(
-        batch, channels, grid[0], grid[1] // 2 + 1, dtype=torch.complex64, device=DEVICE
-    )
+def _bins(grid):
+    return grid[0] * (grid[1] // 2 + 1)
 
 
-def _compressed(batch, channels, grid, beta=0.8):
-    """A compressed spectrum whose first map keeps nothing (its mask words are all zero)."""
-    spectrum = _spectrum(batch, channels, grid)
-    spectrum[0, 0] *= 1e-3
+def _spectrum(batch, channels, grid, scale=1.0, dtype=torch.float32):
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return scale * torch.randn(_bins(grid), batch, channels, dtype=complex_dtype, device=DEVICE)
+
+
+def _compressed(batch, channels, grid, beta=0.8, dtype=torch.float32):
+    """A compressed spectrum whose first frequency keeps nothing."""
+    spectrum = _spectrum(batch, channels, grid, dtype=dtype)
+    spectrum[0] *= 1e-3
     return ref.threshold_compact(spectrum, beta, True, None, grid)
 
 
 def _assert_same_compressed(a: CompressedSpectrum, b: CompressedSpectrum, atol=0.0):
-    assert a.shape == b.shape and a.nnz == b.nnz
-    assert torch.equal(a.mask, b.mask)
-    counts_a, counts_b = a.offsets.diff(), b.offsets.diff()
-    assert torch.equal(counts_a, counts_b)
-    for m in range(a.maps):  # per map: where a map's run lands may differ, its content may not
-        run_a = a.values[a.offsets[m] : a.offsets[m + 1]].float()
-        run_b = b.values[b.offsets[m] : b.offsets[m + 1]].float()
-        torch.testing.assert_close(run_b, run_a, atol=atol, rtol=0)
+    assert a.shape == b.shape and a.nnz == b.nnz and a.values.dtype == b.values.dtype
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.offsets, b.offsets)
+    torch.testing.assert_close(b.values.double(), a.values.double(), atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("batch,channels,grid", GRIDS, ids=IDS)
@@ -54,7 +60,7 @@ def _assert_same_compressed(a: CompressedSpectrum, b: CompressedSpectrum, atol=0
 @pytest.mark.parametrize("beta", [0.0, 0.9, 1e3], ids=["beta0", "beta0.9", "beta_above_all"])
 def test_threshold_compact(batch, channels, grid, activation, beta):
     spectrum = _spectrum(batch, channels, grid)
-    spectrum[0, 0] = 0  # an all-zero map
+    spectrum[1] = 0  # an all-zero frequency
     expected = ref.threshold_compact(spectrum.clone(), beta, activation, None, grid)
     with poisoned_empty():
         got = kernels.threshold_compact(spectrum.clone(), beta, activation, None, grid)
@@ -62,7 +68,7 @@ def test_threshold_compact(batch, channels, grid, activation, beta):
     if beta == 1e3:
         assert got.nnz == 0
     if beta == 0.0:
-        assert got.nnz == expected.numel - grid[0] * (grid[1] // 2 + 1)  # all but the zero map
+        assert got.nnz == expected.numel - batch * channels
 
 
 @pytest.mark.parametrize("value_dtype", [torch.bfloat16, torch.float16])
@@ -71,77 +77,102 @@ def test_threshold_compact_low_precision_values(value_dtype):
     spectrum = _spectrum(2, 3, grid)
     expected = ref.threshold_compact(spectrum.clone(), 0.5, True, value_dtype, grid)
     got = kernels.threshold_compact(spectrum.clone(), 0.5, True, value_dtype, grid)
-    assert got.values.dtype == value_dtype
     _assert_same_compressed(expected, got, atol=float(torch.finfo(value_dtype).eps))
 
 
 def test_threshold_keeps_nan_and_inf():
     grid = (7, 7)
     spectrum = _spectrum(1, 2, grid, scale=0.01)
-    spectrum[0, 0, 1, 1] = complex(float("nan"), 0)
-    spectrum[0, 1, 2, 2] = complex(float("inf"), 1)
+    spectrum[5, 0, 1] = complex(float("nan"), 0)
+    spectrum[9, 0, 0] = complex(float("inf"), 1)
     got = kernels.threshold_compact(spectrum.clone(), 0.5, True, None, grid)
     assert got.nnz == 2
     assert torch.isnan(got.values[0]).any() and got.values[1, 0] == 1.0
 
 
-def test_fully_dense_maps():
-    grid = (9, 9)
-    spectrum = _spectrum(2, 2, grid) + 5  # every magnitude above beta
-    got = kernels.threshold_compact(spectrum.clone(), 1.0, False, None, grid)
-    assert got.nnz == got.numel and bool((got.mask[:, :-1] == -1).all())
-    torch.testing.assert_close(got.to_dense(), spectrum)
-
-
-@pytest.mark.parametrize("batch,channels,grid", GRIDS, ids=IDS)
+@pytest.mark.parametrize("batch,channels,grid", GEMM_GRIDS, ids=GEMM_IDS)
 @pytest.mark.parametrize("packed", [True, False], ids=["compressed_input", "dense_input"])
-def test_product(batch, channels, grid, packed):
-    x = _compressed(batch, channels, grid)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_product(batch, channels, grid, packed, dtype):
+    x = _compressed(batch, channels, grid, dtype=dtype)
     assert x.offsets[1] == 0
-    inputs = x if packed else x.to_dense()
-    kernel = _spectrum(4, channels, grid)
-    bias = torch.randn(4, device=DEVICE)
+    inputs = x if packed else x.to_frequency_major()
+    kernel = _spectrum(channels, 4, grid, dtype=dtype)
+    bias = torch.randn(4, dtype=dtype, device=DEVICE)
     expected = ref.product(inputs, kernel, bias)
     with poisoned_empty():
         got = kernels.product(inputs, kernel, bias)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("batch,channels,grid", GRIDS, ids=IDS)
-@pytest.mark.parametrize("packed_out", [True, False], ids=["packed_grad", "dense_grad"])
-def test_product_input_grad(batch, channels, grid, packed_out):
-    grad = _compressed(batch, 4, grid)
-    kernel = _spectrum(4, channels, grid)
-    like = _compressed(batch, channels, grid) if packed_out else None
-    expected = ref.product_input_grad(grad, kernel, like)
-    with poisoned_empty():
-        got = kernels.product_input_grad(grad, kernel, like)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("batch,channels,grid", GRIDS, ids=IDS)
-@pytest.mark.parametrize("packed", [True, False], ids=["compressed_input", "dense_input"])
-def test_product_weight_grad(batch, channels, grid, packed):
+@pytest.mark.parametrize("batch,channels,grid", GEMM_GRIDS, ids=GEMM_IDS)
+@pytest.mark.parametrize("out_channels", [4, 32], ids=["O4", "O32"])
+@pytest.mark.parametrize("activation", [False, True], ids=["threshold", "split_tanh"])
+@pytest.mark.parametrize("value_dtype", [None, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_product_threshold(batch, channels, grid, out_channels, activation, value_dtype):
+    """The fused epilogue: bias, threshold, split tanh, keep bits (word-aligned rows with
+    32 output channels, atomics otherwise), packed values."""
     x = _compressed(batch, channels, grid)
-    inputs = x if packed else x.to_dense()
-    grad = _compressed(batch, 4, grid, beta=1.2)
-    expected = ref.product_weight_grad(inputs, grad)
+    kernel = _spectrum(channels, out_channels, grid, scale=0.5)
+    bias = torch.randn(out_channels, device=DEVICE)
+    dense = ref.product(x, kernel, bias)
+    beta = safe_beta(dense.abs(), 0.6, margin=1e-4)  # float32 round-off cannot flip a decision
+    expected = ref.product_threshold(x, kernel, bias, beta, activation, value_dtype, grid)
     with poisoned_empty():
-        got = kernels.product_weight_grad(inputs, grad)
+        got = kernels.product_threshold(x, kernel, bias, beta, activation, value_dtype, grid)
+    atol = 1e-5 if value_dtype is None else 2 * float(torch.finfo(value_dtype).eps)
+    _assert_same_compressed(expected, got, atol=atol * max(1.0, float(dense.abs().max())))
+
+
+@pytest.mark.parametrize("batch,channels,grid", GEMM_GRIDS, ids=GEMM_IDS)
+@pytest.mark.parametrize("packed_out", [True, False], ids=["packed_grad", "dense_grad"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_product_input_grad(batch, channels, grid, packed_out, dtype):
+    grad = _compressed(batch, 4, grid, dtype=dtype)
+    kernel_h = _spectrum(4, channels, grid, dtype=dtype)
+    like = _compressed(batch, channels, grid, dtype=dtype) if packed_out else None
+    expected = ref.product_input_grad(grad, kernel_h, like)
+    with poisoned_empty():
+        got = kernels.product_input_grad(grad, kernel_h, like)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("batch,channels,grid", GEMM_GRIDS, ids=GEMM_IDS)
+@pytest.mark.parametrize("x_packed", [True, False], ids=["compressed_input", "dense_input"])
+@pytest.mark.parametrize("g_packed", [True, False], ids=["compressed_grad", "dense_grad"])
+def test_product_weight_grad(batch, channels, grid, x_packed, g_packed):
+    x = _compressed(batch, channels, grid)
+    grad = _compressed(batch, 4, grid, beta=1.2)
+    inputs = x if x_packed else x.to_frequency_major()
+    grads = grad if g_packed else grad.to_frequency_major()
+    expected = ref.product_weight_grad(inputs, grads)
+    with poisoned_empty():
+        got = kernels.product_weight_grad(inputs, grads)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_weight_grad_in_float64():
+    grid = (9, 9)
+    x = _compressed(3, 5, grid, dtype=torch.float64)
+    grad = _compressed(3, 4, grid, beta=1.2, dtype=torch.float64)
+    got = kernels.product_weight_grad(x, grad)
+    assert got.dtype == torch.complex128
+    torch.testing.assert_close(got, ref.product_weight_grad(x, grad), atol=1e-12, rtol=1e-12)
 
 
 def test_product_with_all_zero_input_gives_bias_only():
     grid = (9, 9)
     x = ref.threshold_compact(_spectrum(2, 3, grid), 1e3, True, None, grid)
     bias = torch.randn(4, device=DEVICE)
-    got = kernels.product(x, _spectrum(4, 3, grid), bias)
+    got = kernels.product(x, _spectrum(3, 4, grid), bias)
     expected = torch.zeros_like(got)
-    expected[:, :, 0, 0] = bias
+    expected[0] = bias
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize("batch,channels,grid", GRIDS[:3], ids=IDS[:3])
+@pytest.mark.parametrize("batch,channels,grid", GRIDS[:3] + GRIDS[-1:], ids=IDS[:3] + IDS[-1:])
 def test_pack_and_unpack(batch, channels, grid):
     x = _compressed(batch, channels, grid)
     with poisoned_empty():
@@ -149,8 +180,8 @@ def test_pack_and_unpack(batch, channels, grid):
     torch.testing.assert_close(dense, ref.unpack(x), atol=0, rtol=0)
     other = _spectrum(batch, channels, grid)
     with poisoned_empty():
-        packed = kernels.pack(other, x.mask, x.offsets, x.nnz)
-    assert torch.equal(packed, ref.pack(other, x.mask, x.offsets, x.nnz))
+        packed = kernels.pack(other, x.mask, x.nnz)
+    assert torch.equal(packed, ref.pack(other, x.mask, x.nnz))
 
 
 def test_activation_backward():

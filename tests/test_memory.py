@@ -34,8 +34,9 @@ def _measure(module, x):
     return saved, y
 
 
-def _budget(nnz, numel, maps, value_bytes=8):
-    return nnz * value_bytes + math.ceil(numel / 8) + 16 * maps + 1024
+def _budget(nnz, numel, maps, bins, value_bytes=8):
+    """DESIGN.md section 3."""
+    return nnz * value_bytes + math.ceil(numel / 8) + 16 * maps + 8 * bins + 1024
 
 
 def _layer_nnz(layers, x):
@@ -64,7 +65,7 @@ def test_byte_budget_of_a_specnet_block(layers, value_dtype, value_bytes):
     saved, y = _measure(block, x)
     geom, nnz = _layer_nnz(list(block), x)
     budget = x.numel() * 4 + sum(
-        _budget(n, 4 * c * geom.bins, 4 * c, value_bytes) for n, c in zip(nnz, channels[1:])
+        _budget(n, 4 * c * geom.bins, 4 * c, geom.bins, value_bytes) for n, c in zip(nnz, channels[1:])
     )
     assert saved.total <= budget
     assert min(nnz) < 0.8 * 4 * min(channels[1:]) * geom.bins  # the threshold did something
@@ -76,7 +77,7 @@ def test_linear_layer_saves_its_input_and_a_bitmask():
     x = torch.randn(2, 3, 16, 16)
     saved, _ = _measure(layer, x)
     bins = 18 * 10
-    assert saved.total <= x.numel() * 4 + math.ceil(2 * 8 * bins / 8) + 16 * 16 + 1024
+    assert saved.total <= x.numel() * 4 + _budget(0, 2 * 8 * bins, 2 * 8, bins)
 
 
 def test_compact_pool_keeps_one_byte_per_output():

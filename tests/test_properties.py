@@ -19,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import spectriton
 from spectriton import reference, transforms
-from spectriton.compressed import CompressedSpectrum, popcount, unpack_bits, words_per_map
+from spectriton.compressed import CompressedSpectrum, mask_words, popcount, unpack_bits
 from spectriton.functional import SpectralFlow
 from spectriton.geometry import LayerShape, block_geometry
 
@@ -50,13 +50,16 @@ def test_compressed_round_trip(batch, channels, grid, zeros, value_dtype, seed):
     dense[_randn(seed + 1, *dense.shape).abs() < zeros * 10] = 0
     c = CompressedSpectrum.from_dense(dense, grid, value_dtype=value_dtype)
     assert c.shape == dense.shape and c.nnz == int((dense != 0).sum())
-    assert c.mask.shape == (c.maps, words_per_map(c.bins))
+    assert c.mask.shape == (mask_words(c.numel),) and c.offsets.shape == (c.bins + 1,)
     counts = c.offsets.diff()
     assert c.offsets[0] == 0 and c.offsets[-1] == c.nnz and bool((counts >= 0).all())
-    assert torch.equal(popcount(c.mask).sum(-1), counts)
-    assert not unpack_bits(c.mask, c.mask.shape[1] * 32)[:, c.bins :].any()  # no stray bits
+    assert int(popcount(c.mask).sum()) == c.nnz
+    # frequency-major: each frequency's run holds that frequency's kept entries
+    assert torch.equal(counts, (dense != 0).permute(2, 3, 0, 1).reshape(c.bins, -1).sum(-1))
+    assert not unpack_bits(c.mask, c.mask.numel() * 32)[c.numel :].any()  # no stray bits
     value_bytes = 4 if value_dtype in ROUNDING else 8
-    assert c.nbytes <= c.nnz * value_bytes + math.ceil(c.numel / 8) + 16 * c.maps + 1024
+    budget = c.nnz * value_bytes + math.ceil(c.numel / 8) + 16 * c.maps + 8 * c.bins + 1024
+    assert c.nbytes <= budget
     expected = dense
     if value_dtype in ROUNDING:
         expected = torch.view_as_complex(torch.view_as_real(dense).to(value_dtype).float())
