@@ -156,7 +156,7 @@ EOF
 
 stage_tests() {
 	run "$py" -m pytest -q -p no:cacheprovider tests \
-		--deselect tests/test_aot.py::test_every_kernel_builds_for_sm80_and_sm90_without_spills
+		--deselect tests/test_aot.py::test_every_kernel_builds_for_sm80_and_sm90_without_spills_and_on_tensor_cores
 }
 
 stage_bench() {

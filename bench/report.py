@@ -5,8 +5,8 @@
 
 One section per device and torch / triton versions, one table per suite (kernels, layers,
 models, memory), one row per provider: median time, speedup over the suite's baseline
-provider, and whatever the suite recorded in ``extra_info`` (bandwidth, fraction of peak,
-density, saved bytes, peak bytes, largest batch). Columns no row fills are left out.
+provider, and whatever the suite recorded in ``extra_info`` (FLOP rate, bandwidth, fraction
+of peak, density, saved bytes, peak bytes, largest batch). Columns no row fills are left out.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def table(suite_rows: list[Row], baseline: str | None) -> str:
         "provider": lambda r, base: r.provider,
         "median ms": lambda r, base: sig(r.median * 1e3),
         f"speedup vs {baseline}": lambda r, base: f"{_ratio(base.median, r.median)}x" if base else "",
+        "GFLOP/s": lambda r, base: sig(r.info["flops"] / r.median / 1e9) if r.info.get("flops") else "",
         "GB/s": lambda r, base: sig(r.info.get("GB/s")),
         "of peak": lambda r, base: _percent(r.info.get("fraction_of_peak"), 2),
         "kept": lambda r, base: _percent(r.info.get("density"), 3),
