@@ -87,6 +87,16 @@ def real_form(pairs):
 
 
 @triton.jit
+def accumulator(rows: tl.constexpr, cols: tl.constexpr, out_ptr, PRECISION: tl.constexpr):
+    """A zero ``(rows, cols)`` accumulator: float64 for exact float64 work, else float32."""
+    if PRECISION == "ieee" and out_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros([rows, cols], dtype=tl.float64)
+    else:
+        acc = tl.zeros([rows, cols], dtype=tl.float32)
+    return acc
+
+
+@triton.jit
 def dot(a, b, acc, PRECISION: tl.constexpr):
     """``acc + a @ b`` on tensor cores: ``"bf16"`` rounds the operands to bfloat16,
     ``"tf32"`` and ``"ieee"`` (exact float32, or float64) keep them."""

@@ -39,8 +39,13 @@ class Variant:
     num_warps: int = 4
 
 
-def _autotune_configs(kernel) -> list[tuple[dict[str, object], int]]:
-    return [(dict(c.kwargs), c.num_warps) for c in kernel.configs]
+def _tuned(kernel):
+    """(config, num_warps, precision, tag) for every autotune config of ``kernel``: each in
+    TF32, the first also in bf16."""
+    for index, c in enumerate(kernel.configs):
+        tag = ",".join(f"{k}={v}" for k, v in c.kwargs.items())
+        for precision in PRECISIONS[: 2 if index == 0 else 1]:
+            yield dict(c.kwargs), c.num_warps, precision, tag
 
 
 def _signature(fn, types: dict[str, str]) -> dict[str, str]:
@@ -107,30 +112,26 @@ def variants() -> list[Variant]:
     }
     product = P.spectral_product_kernel
     for role, flags in roles.items():
-        for index, (config, warps) in enumerate(_autotune_configs(product)):
-            for precision in PRECISIONS[: 2 if index == 0 else 1]:
-                tag = ",".join(f"{k}={v}" for k, v in config.items())
-                add(
-                    f"spectral_product_kernel[{role},{precision},{tag}]",
-                    product.fn,
-                    {**flags, **config, "PRECISION": precision},
-                    warps,
-                    divisible=("stride_kf", "stride_kk", "N", "K", "Q"),
-                    scale="fp32",
-                    beta2="fp32",
-                )
+        for config, warps, precision, tag in _tuned(product):
+            add(
+                f"spectral_product_kernel[{role},{precision},{tag}]",
+                product.fn,
+                {**flags, **config, "PRECISION": precision},
+                warps,
+                divisible=("stride_kf", "stride_kk", "N", "K", "Q"),
+                scale="fp32",
+                beta2="fp32",
+            )
     wgrad = P.spectral_weight_grad_kernel
     for x_packed in (True, False):
-        for index, (config, warps) in enumerate(_autotune_configs(wgrad)):
-            for precision in PRECISIONS[: 2 if index == 0 else 1]:
-                tag = ",".join(f"{k}={v}" for k, v in config.items())
-                add(
-                    f"spectral_weight_grad_kernel[x_packed={int(x_packed)},{precision},{tag}]",
-                    wgrad.fn,
-                    {"X_PACKED": x_packed, "G_PACKED": True, "PRECISION": precision, **config},
-                    warps,
-                    divisible=("N", "K", "Q"),
-                )
+        for config, warps, precision, tag in _tuned(wgrad):
+            add(
+                f"spectral_weight_grad_kernel[x_packed={int(x_packed)},{precision},{tag}]",
+                wgrad.fn,
+                {"X_PACKED": x_packed, "G_PACKED": True, "PRECISION": precision, **config},
+                warps,
+                divisible=("N", "K", "Q"),
+            )
     return out
 
 

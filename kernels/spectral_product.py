@@ -30,7 +30,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from spectriton.kernels._bits import dot, load_tile, real_form, stream_lookup
+from spectriton.kernels._bits import accumulator, dot, load_tile, real_form, stream_lookup
 from spectriton.kernels.packing import compress_staged
 from spectriton.kernels.threshold import tanh
 
@@ -99,8 +99,7 @@ def spectral_product_kernel(
     n = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     col = tl.program_id(2) * 2 * BLOCK_Q + tl.arange(0, 2 * BLOCK_Q)  # real columns of Y
-    acc_dtype = tl.float64 if PRECISION == "ieee" and out_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros([BLOCK_M, 2 * BLOCK_Q], dtype=acc_dtype)
+    acc = accumulator(BLOCK_M, 2 * BLOCK_Q, out_ptr, PRECISION)
     k_base = (
         k_ptr + f.to(tl.int64) * stride_kf + q[None, :, None] * stride_kq + tl.arange(0, 2)[None, None, :]
     )
@@ -114,7 +113,7 @@ def spectral_product_kernel(
     n_in = n < N
     if HAS_BIAS:
         bias = tl.load(bias_ptr + col // 2, mask=(col < 2 * Q) & (col % 2 == 0) & (f == 0), other=0.0)
-        acc += bias.to(acc_dtype)[None, :]
+        acc += bias.to(acc.dtype)[None, :]
     if EPILOGUE == 0:  # PLAIN: dense (F, N, 2Q)
         out = (f.to(tl.int64) * N + n[:, None]) * 2 * Q + col[None, :]
         tl.store(out_ptr + out, acc, mask=n_in[:, None] & (col < 2 * Q)[None, :])
@@ -163,8 +162,7 @@ def spectral_weight_grad_kernel(
     f = tl.program_id(0)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    acc_dtype = tl.float64 if PRECISION == "ieee" and out_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros([2 * BLOCK_K, 2 * BLOCK_Q], dtype=acc_dtype)
+    acc = accumulator(2 * BLOCK_K, 2 * BLOCK_Q, out_ptr, PRECISION)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         g, g_any = load_tile(g_ptr, g_mask_ptr, g_prefix_ptr, f, n, q, N, Q, G_PACKED, False)
