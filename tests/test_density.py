@@ -1,0 +1,57 @@
+"""The density budget keeps what it promises on real images, whatever the shape, and one
+non-finite sample neither changes what the others keep nor poisons the running threshold."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+import spectriton as st
+from spectriton.datasets import load_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NaN on purpose
+
+
+def _images(batch: int, channels: int, size: int) -> torch.Tensor:
+    """``batch`` Fashion-MNIST images (the shipped sample), cropped to ``size``, each channel
+    a different image so that channels are not copies of one another."""
+    data = load_dataset("sample")
+    picked = [data[i][0][:, :size, :size] for i in range(batch * channels)]
+    return torch.cat(picked).view(batch, channels, size, size)
+
+
+@pytest.mark.parametrize("batch", [3, 8, 16])
+@pytest.mark.parametrize("channels", [1, 4, 6])
+@pytest.mark.parametrize("size", [28, 14, 9])
+def test_density_budget_holds_on_real_images(batch, channels, size):
+    layer = st.SpectralConv2d(channels, 5, 3, padding=1, density=0.1, activation="split_tanh")
+    layer(_images(batch, channels, size))
+    assert layer.last_density == pytest.approx(0.1, rel=0.2)
+
+
+def test_density_budget_holds_where_a_strided_sample_would_alias():
+    """1,075,200 entries: a sample strided by numel // 65536 = 16 = the half-spectrum row
+    length of the 30 x 30 grid would read a single frequency column."""
+    layer = st.SpectralConv2d(1, 140, 3, padding=1, density=0.1, activation="split_tanh")
+    layer(_images(16, 1, 28))
+    assert layer.last_density == pytest.approx(0.1, rel=0.2)
+
+
+def test_a_non_finite_sample_does_not_poison_a_density_batch():
+    x = _images(4, 2, 14)
+    layer = st.SpectralConv2d(2, 3, 3, padding=1, density=0.2, activation="split_tanh")
+    clean = copy.deepcopy(layer)
+    y_clean = clean(x)
+    bad = x.clone()
+    bad[1, 0, 3, 3] = float("nan")
+    y_bad = layer(bad)
+    assert math.isfinite(float(layer.threshold))  # the running threshold stays usable
+    assert float(layer.threshold) == pytest.approx(float(clean.threshold), rel=0.1)
+    assert torch.isnan(y_bad[1]).all()  # the bad sample surfaces in its own output
+    others = [0, 2, 3]
+    assert torch.isfinite(y_bad[others]).all()
+    # the clean samples keep about what they kept without the bad one (not everything): only
+    # entries near the threshold, which moves a little without the bad sample, flip
+    change = (y_bad[others] - y_clean[others]).norm() / y_clean[others].norm()
+    assert change < 0.1
