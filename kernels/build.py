@@ -76,11 +76,11 @@ def variants() -> list[Variant]:
         aligned = tuple(k for k, v in signature.items() if v.startswith("*")) + tuple(divisible)
         out.append(Variant(name, fn, signature, constexprs, aligned, num_warps))
 
-    for activation in (False, True):
+    for activation, on_device in ((False, False), (True, False), (True, True)):
         add(
-            f"spectral_threshold_kernel[act={int(activation)}]",
+            f"spectral_threshold_kernel[act={int(activation)},beta_on_device={int(on_device)}]",
             threshold.spectral_threshold_kernel,
-            {"ACTIVATION": activation, "BLOCK": threshold.THRESHOLD_BLOCK},
+            {"ACTIVATION": activation, "BETA_ON_DEVICE": on_device, "BLOCK": threshold.THRESHOLD_BLOCK},
             num_warps=8,
             divisible=("numel",),
             numel="i64",

@@ -35,8 +35,19 @@ def tanh(x):
 
 @triton.jit
 def spectral_threshold_kernel(
-    y_ptr, mask_ptr, numel, scale, beta2, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr
+    y_ptr,
+    mask_ptr,
+    numel,
+    scale,
+    beta2,
+    threshold_ptr,
+    ACTIVATION: tl.constexpr,
+    BETA_ON_DEVICE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
+    if BETA_ON_DEVICE:  # (scale, beta2) computed on the device: no host round trip
+        scale = tl.load(threshold_ptr)
+        beta2 = tl.load(threshold_ptr + 1)
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = p < numel
     pair = tl.arange(0, 2)
@@ -70,7 +81,7 @@ THRESHOLD_BLOCK = 1024
 @ranged("threshold_compact")
 def threshold_compact(
     spectrum: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     activation: bool,
     value_dtype: torch.dtype | None,
     grid: tuple[int, int],
@@ -86,9 +97,12 @@ def threshold_compact(
     mask = torch.empty(mask_words(numel), dtype=torch.int32, device=spectrum.device)
     if numel:
         scale, beta2 = scaled_threshold(beta)
+        on_device = isinstance(beta, torch.Tensor)
+        threshold = torch.stack([scale, beta2]).to(staged) if on_device else staged
         spectral_threshold_kernel[(triton.cdiv(numel, THRESHOLD_BLOCK),)](
-            staged, mask, numel, scale, beta2, ACTIVATION=activation, BLOCK=THRESHOLD_BLOCK, num_warps=8
-        )
+            staged, mask, numel, 1.0 if on_device else scale, 0.0 if on_device else beta2, threshold,
+            ACTIVATION=activation, BETA_ON_DEVICE=on_device, BLOCK=THRESHOLD_BLOCK, num_warps=8,
+        )  # fmt: skip
     return compress_staged(staged, mask, batch, channels, grid, value_dtype)
 
 

@@ -138,10 +138,11 @@ class SpectralConv2d(nn.Module):
             flows, self.weight, self.bias, self.padding, beta, self.activation, self.value_dtype, density
         )
         if density is not None and self.training:
-            with torch.no_grad():
-                used = torch.full_like(self.threshold, flow.beta)
+            with torch.no_grad():  # on the device: no host synchronisation
+                used = torch.as_tensor(flow.beta).to(self.threshold)
                 first = torch.isnan(self.threshold)
-                self.threshold.copy_(torch.where(first, used, torch.lerp(self.threshold, used, MOMENTUM)))
+                updated = torch.where(first, used, torch.lerp(self.threshold, used, MOMENTUM))
+                self.threshold.copy_(torch.where(torch.isfinite(used), updated, self.threshold))
         self.last_density = flow.density
         return flow
 

@@ -70,27 +70,24 @@ def _dc_real(spectrum: CompressedSpectrum | torch.Tensor, batch: int, channels: 
     return dc.view(batch, channels)
 
 
-def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 << 16) -> float:
-    """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries.
+def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 << 16) -> torch.Tensor | float:
+    """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries, as a
+    float64 tensor on the spectrum's device (no host synchronisation).
 
-    A quantile of the magnitudes of the finite entries, estimated on at most ``sample``
-    entries spread over the whole spectrum by a golden-ratio sequence (so the sample never
-    aliases with a row length), in float64 so that huge magnitudes do not overflow to an
-    infinite threshold.
+    A quantile of the magnitudes of the finite entries (NaN where there are none), estimated
+    on at most ``sample`` entries spread over the whole spectrum by a golden-ratio sequence
+    (so the sample never aliases with a row length), in float64 so that huge magnitudes do
+    not overflow to an infinite threshold.
     """
     if density >= 1:
         return 0.0
     flat = spectrum.reshape(-1)
     if flat.numel() > sample:
         steps = torch.arange(sample, dtype=torch.float64, device=flat.device)
-        index = ((steps * 0.6180339887498949) % 1 * flat.numel()).long()
-        flat = flat[index]
+        flat = flat[((steps * 0.6180339887498949) % 1 * flat.numel()).long()]
     magnitude = flat.to(torch.complex128).abs()
-    magnitude = magnitude[torch.isfinite(magnitude)]
-    if magnitude.numel() == 0:
-        return 0.0
-    k = min(max(int((1 - density) * magnitude.numel()), 1), magnitude.numel())
-    return float(magnitude.kthvalue(k).values)
+    magnitude = torch.where(torch.isfinite(magnitude), magnitude, float("nan"))
+    return torch.nanquantile(magnitude, 1 - density, interpolation="lower")
 
 
 def _exact(device: torch.device):
@@ -136,7 +133,8 @@ class SpectralLayerFunction(torch.autograd.Function):
             out, beta = SpectralLayerFunction._summed_forward(backend, weight, bias, cfg, real, *sources)
         ctx.save_for_backward(weight, out.values if cfg.activation else None, out.mask, out.offsets, *sources)
         ctx.cfg, ctx.real, ctx.has_bias = cfg, real, bias is not None
-        ctx.mark_non_differentiable(out.mask, out.offsets)
+        on_device = [beta] if isinstance(beta, torch.Tensor) else []
+        ctx.mark_non_differentiable(out.mask, out.offsets, *on_device)
         return out.values, out.mask, out.offsets, beta
 
     @staticmethod
@@ -150,7 +148,7 @@ class SpectralLayerFunction(torch.autograd.Function):
         )
 
     @staticmethod
-    def _summed_forward(backend, weight, bias, cfg, real, *sources) -> tuple[CompressedSpectrum, float]:
+    def _summed_forward(backend, weight, bias, cfg, real, *sources):
         """Several sources (a dense block) or a density budget: the dense product first."""
         product, start = None, 0
         for (inputs, mask, offsets), channels, shift in zip(_sources(sources), cfg.channels, cfg.shifts):
@@ -241,7 +239,8 @@ class SpectralOutputFunction(torch.autograd.Function):
 class SpectralFlow:
     """One source of a block's spectral layers: the block's spatial input (``mask`` is
     None) or a layer's compressed output. ``offset`` is the circular shift its crop reads
-    with; ``beta`` the threshold the layer that made it used."""
+    with; ``beta`` the threshold the layer that made it used (a device tensor when a
+    density budget computed it)."""
 
     values: torch.Tensor
     mask: torch.Tensor | None
@@ -251,7 +250,7 @@ class SpectralFlow:
     offset: tuple[int, int]
     geom: BlockGeometry
     dtype: torch.dtype
-    beta: float | None = None
+    beta: float | torch.Tensor | None = None
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:

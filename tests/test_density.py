@@ -55,3 +55,20 @@ def test_a_non_finite_sample_does_not_poison_a_density_batch():
     # entries near the threshold, which moves a little without the bad sample, flip
     change = (y_bad[others] - y_clean[others]).norm() / y_clean[others].norm()
     assert change < 0.1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_density_layer_synchronises_with_the_host_once_per_forward():
+    """The threshold stays on the device; only sizing the values buffer reads back."""
+    layer = st.SpectralConv2d(4, 8, 3, padding=1, density=0.1, activation="split_tanh").cuda()
+    x = _images(8, 4, 28).cuda()
+    layer(x)  # compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            layer(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1

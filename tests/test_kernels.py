@@ -80,6 +80,17 @@ def test_threshold_compact_low_precision_values(value_dtype):
     _assert_same_compressed(expected, got, atol=float(torch.finfo(value_dtype).eps))
 
 
+def test_threshold_compact_with_a_threshold_on_the_device():
+    """A density budget's threshold stays a device tensor (no host round trip)."""
+    grid = (9, 9)
+    spectrum = _spectrum(2, 3, grid)
+    beta = torch.tensor(0.9, dtype=torch.float64, device=DEVICE)
+    expected = ref.threshold_compact(spectrum.clone(), 0.9, True, None, grid)
+    for ops in (ref, kernels):
+        got = ops.threshold_compact(spectrum.clone(), beta, True, None, grid)
+        _assert_same_compressed(expected, got, atol=2e-7)
+
+
 def test_threshold_keeps_nan_and_inf():
     grid = (7, 7)
     spectrum = _spectrum(1, 2, grid, scale=0.01)
