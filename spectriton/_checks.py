@@ -6,7 +6,6 @@ says what was expected, so a bad call fails at the API boundary, not deep inside
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -81,12 +80,18 @@ def real_dtype(value: torch.dtype | None, name: str = "dtype") -> torch.dtype | 
     return value
 
 
+MAX_BETA = torch.finfo(torch.float32).max  # spectra are float32: no magnitude lies above it
+
+
 def beta(value: float) -> float:
-    """A threshold: a finite, non-negative real number."""
+    """A threshold: a real number in [0, MAX_BETA]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"beta must be a non-negative float, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"beta must be a finite float >= 0, got {value}")
+    if not 0 <= value <= MAX_BETA:
+        raise ValueError(
+            f"beta must be a finite float in [0, {MAX_BETA:.4g}] (the float32 range of the spectra), "
+            f"got {value}"
+        )
     return float(value)
 
 

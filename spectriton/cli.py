@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from spectriton import datasets, models
+from spectriton._checks import MAX_BETA
 
 EXIT_USAGE = 2
 
@@ -42,8 +43,8 @@ def _float_list(text: str) -> list[float]:
 
 def _betas(text: str) -> list[float]:
     values = _float_list(text)
-    if any(not 0 <= v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"betas must be finite and >= 0, got {text!r}")
+    if any(not 0 <= v <= MAX_BETA for v in values):
+        raise argparse.ArgumentTypeError(f"betas must be in [0, {MAX_BETA:.4g}], got {text!r}")
     return values
 
 

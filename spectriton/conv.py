@@ -117,6 +117,17 @@ class SpectralConv2d(nn.Module):
             layer.threshold = torch.full((), float("nan"), device=conv.weight.device)
         return layer
 
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """``nn.Conv2d``'s state_dict loads strictly: a density budget's running ``threshold``
+        is optional (missing, it starts uncalibrated)."""
+        missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        key = prefix + "threshold"
+        if self.density is not None and key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+            with torch.no_grad():
+                self.threshold.fill_(float("nan"))
+
     @property
     def shape(self) -> LayerShape:
         return LayerShape(self.kernel_size, self.padding, self.stride)

@@ -35,7 +35,8 @@ def scaled_threshold(beta: float | torch.Tensor):
     if beta == 0:
         return 1.0, 0.0
     scale = 2.0 ** min(max(-math.frexp(beta)[1], -126), 126)
-    return scale, (beta * scale) ** 2
+    scaled = beta * scale
+    return scale, scaled * scaled
 
 
 def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:

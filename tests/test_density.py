@@ -57,6 +57,18 @@ def test_a_non_finite_sample_does_not_poison_a_density_batch():
     assert change < 0.1
 
 
+def test_a_density_layer_loads_a_conv2d_state_dict_strictly():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    layer = st.SpectralConv2d(3, 4, 3, padding=1, density=0.1, activation="split_tanh")
+    layer(torch.randn(2, 3, 8, 8))  # calibrates the running threshold
+    layer.load_state_dict(conv.state_dict())  # strict, without a "threshold" key
+    assert torch.equal(layer.weight, conv.weight) and torch.isnan(layer.threshold)
+    layer.threshold.fill_(0.5)
+    again = st.SpectralConv2d(3, 4, 3, padding=1, density=0.1, activation="split_tanh")
+    again.load_state_dict(layer.state_dict())  # with it, it is loaded
+    assert float(again.threshold) == 0.5
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_density_layer_synchronises_with_the_host_once_per_forward():
