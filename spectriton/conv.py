@@ -199,6 +199,10 @@ class SpectralSequential(nn.Sequential):
         return run_layers(list(self), x)
 
 
+def _parameters(layers: list[SpectralConv2d]) -> list[torch.Tensor]:
+    return [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+
+
 def run_layers(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True) -> torch.Tensor:
     """Check ``x`` and run ``layers`` as one spectral block.
 
@@ -208,7 +212,7 @@ def run_layers(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True
     _checks.spatial_input(x, layers[0].in_channels)
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])
     if x.shape[0] == 0:
-        return empty_output(x, [layer.weight for layer in layers], layers[-1].out_channels, flow.geom.out)
+        return empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
     for layer in layers:
         flow = layer(flow) if hooks else layer.step([flow])
     return spectral_output(flow)
@@ -254,7 +258,7 @@ class SpectralDenseBlock(nn.Module):
         layers = list(self.layers)
         flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]
         if x.shape[0] == 0:
-            return empty_output(x, [layer.weight for layer in layers], self.out_channels, x.shape[-2:])
+            return empty_output(x, _parameters(layers), self.out_channels, x.shape[-2:])
         for layer in layers:
             flows.append(layer(flows))
         return torch.cat([spectral_output(flow) for flow in flows], dim=1)

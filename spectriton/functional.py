@@ -218,10 +218,10 @@ class SpectralOutputFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values, mask, offsets, batch: int, channels: int, geom: BlockGeometry, out_dtype):
+    def forward(ctx, values, mask, offsets, batch: int, channels: int, geom: BlockGeometry, out_dtype, fmt):
         spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
         with annotate("output.forward"):
-            y = transforms.to_space(ops(values.device).unpack(spectrum), geom)
+            y = transforms.to_space(ops(values.device).unpack(spectrum), geom, fmt)
         ctx.save_for_backward(mask)
         ctx.geom, ctx.nnz, ctx.real = geom, values.shape[0], y.dtype
         return y.to(out_dtype)
@@ -232,7 +232,7 @@ class SpectralOutputFunction(torch.autograd.Function):
         with annotate("output.backward"):
             grad_spectrum = transforms.to_space_adjoint(grad_y.to(ctx.real), ctx.geom)
             grad_values = ops(mask.device).pack(grad_spectrum, mask, ctx.nnz)
-        return grad_values, None, None, None, None, None, None
+        return grad_values, None, None, None, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -251,11 +251,14 @@ class SpectralFlow:
     geom: BlockGeometry
     dtype: torch.dtype
     beta: float | torch.Tensor | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
         geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
-        return cls(x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype)
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return cls(x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype, memory_format=memory_format)
 
     @property
     def density(self) -> float:
@@ -304,8 +307,9 @@ def spectral_layer(
     tensors = [t for s in sources for t in (s.values, s.mask, s.offsets)]
     values, mask, offsets, used = SpectralLayerFunction.apply(weight, bias, cfg, *tensors)
     return SpectralFlow(
-        values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used
-    )
+        values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
+        first.memory_format,
+    )  # fmt: skip
 
 
 @torch.compiler.disable
@@ -315,13 +319,14 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
         return flow.values
     geom = replace(flow.geom, offset=flow.offset)
     return SpectralOutputFunction.apply(
-        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, flow.dtype
+        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, flow.dtype, flow.memory_format
     )
 
 
-def empty_output(x: torch.Tensor, weights: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:
-    """The output of a block for an empty batch, still connected to the weights."""
-    anchor = sum(w.sum() for w in weights) * 0 + x.sum() * 0
+def empty_output(x: torch.Tensor, parameters: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:
+    """The output of a block for an empty batch, still connected to the block's parameters
+    (their gradients are zeros, as ``nn.Conv2d``'s are)."""
+    anchor = sum(p.sum() for p in parameters) * 0 + x.sum() * 0
     return anchor.to(x.dtype).expand(0, channels, *size)
 
 
@@ -344,7 +349,8 @@ def spectral_block(
     _checks.spatial_input(x, weights[0].shape[1])
     flow = SpectralFlow.start(x, shapes)
     if x.shape[0] == 0:
-        return empty_output(x, weights, weights[-1].shape[0], flow.geom.out)
+        parameters = [*weights, *(b for b in biases if b is not None)]
+        return empty_output(x, parameters, weights[-1].shape[0], flow.geom.out)
     for weight, bias, shape, beta, activation in layers:
         flow = spectral_layer(flow, weight, bias, shape.padding, beta, activation, value_dtype)
     return spectral_output(flow)

@@ -127,9 +127,12 @@ def _crop_slices(geom: BlockGeometry, axis: int) -> list[tuple[slice, slice]]:
     return runs
 
 
-def to_space(spectrum: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+def to_space(
+    spectrum: torch.Tensor, geom: BlockGeometry, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
     """Frequency-major half spectra ``(bins, N, C)`` -> the block's spatial output
-    ``(N, C, H_out, W_out)``: inverse FFT, circular crop, stride, back to NCHW.
+    ``(N, C, H_out, W_out)``: inverse FFT, circular crop, stride, back to NCHW (laid out in
+    ``memory_format``: channels-last in, channels-last out, as ``nn.Conv2d``).
 
     The result is a compact tensor of the output's size, not a view of the grid, so
     whatever later saves it holds only the output's bytes.
@@ -137,7 +140,7 @@ def to_space(spectrum: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     batch, channels = spectrum.shape[1:]
     grid_spectrum = spectrum.view(*geom.half, batch, channels).permute(2, 3, 0, 1)
     y = torch.fft.irfft2(grid_spectrum, s=geom.grid, norm="ortho")
-    out = y.new_empty(batch, channels, *geom.out)
+    out = torch.empty(batch, channels, *geom.out, dtype=y.dtype, device=y.device, memory_format=memory_format)
     for rows, out_rows in _crop_slices(geom, 0):
         for cols, out_cols in _crop_slices(geom, 1):
             out[:, :, out_rows, out_cols] = y[:, :, rows, cols]

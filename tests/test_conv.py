@@ -131,6 +131,20 @@ def test_empty_batch_returns_empty_output():
     assert y.shape == (0, 4, 5, 5)
     y.sum().backward()
     assert layer.weight.grad is not None and torch.all(layer.weight.grad == 0)
+    assert layer.bias.grad is not None and torch.all(layer.bias.grad == 0)  # as nn.Conv2d's
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_in_channels_last_out(stride):
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=1)
+    layer = st.SpectralConv2d.from_conv(conv)
+    x = torch.randn(2, 3, 9, 9).contiguous(memory_format=torch.channels_last)
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) == conv(x).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    torch.testing.assert_close(y, conv(x), atol=1e-5, rtol=1e-5)
+    assert layer(x.contiguous()).is_contiguous()
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
