@@ -185,7 +185,9 @@ class SpectralLayerFunction(torch.autograd.Function):
         for index, ((inputs, mask, offsets), channels, shift) in enumerate(
             zip(_sources(tuple(sources)), cfg.channels, cfg.shifts)
         ):
-            spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
+            spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
+            if mask is not None or ctx.needs_input_grad[0]:
+                spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
             part = weight[:, start : start + channels].to(real)
             start += channels
             grad_inputs = None

@@ -7,6 +7,9 @@ import torch
 if not torch.cuda.is_available():
     # Must be set before spectriton.kernels is imported: triton.jit reads it at decoration.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Equality with the torch twin is tested on exact float32 tensor-core inputs; the TF32 and
+# bf16 paths have their own tests, with the tolerance plain torch shows at that precision.
+os.environ.setdefault("SPECTRITON_PRECISION", "ieee")
 
 import contextlib  # noqa: E402
 

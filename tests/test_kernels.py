@@ -202,3 +202,28 @@ def test_activation_backward():
         with poisoned_empty():
             got = kernels.activation_backward(values, grad)
         torch.testing.assert_close(got, ref.activation_backward(values, grad), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tensor-core precisions need a GPU")
+@pytest.mark.parametrize("precision,real", [("tf32", torch.float32), ("bf16", torch.bfloat16)])
+def test_low_precision_products_err_like_plain_torch(monkeypatch, precision, real):
+    """Error against a float64 product <= 2 x the error of torch's own product with operands
+    rounded to that precision, plus round-off (flash-attention's rule)."""
+    grid, batch, channels = (18, 18), 64, 64
+    x = _compressed(batch, channels, grid)
+    kernel = _spectrum(channels, channels, grid, scale=0.1)
+    exact = ref.product(x.to_frequency_major().to(torch.complex128), kernel.to(torch.complex128), None)
+
+    def rounded(z):
+        pairs = torch.view_as_real(z).to(torch.float32 if precision == "tf32" else real)
+        if precision == "tf32":  # keep 10 mantissa bits, as TF32 does
+            pairs = (pairs.view(torch.int32) & ~0x1FFF).view(torch.float32)
+        return torch.view_as_complex(pairs.float().contiguous())
+
+    plain = ref.product(rounded(x.to_frequency_major()), rounded(kernel), None)
+    monkeypatch.setenv("SPECTRITON_PRECISION", precision)
+    got = kernels.product(x, kernel, None)
+    err_plain = (plain.to(torch.complex128) - exact).abs().max()
+    err_got = (got.to(torch.complex128) - exact).abs().max()
+    assert err_got <= 2 * err_plain + 1e-5
