@@ -117,7 +117,7 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-train", type=_positive, help="train on a random subset of N images")
     parser.add_argument("--limit-test", type=_positive, help="test on a random subset of N images")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--value-dtype", choices=("bfloat16", "float16"), help="store kept values in 4 bytes")
     parser.add_argument(
         "--memory-budget", type=_positive_float, default=8.0, help="GiB, for the largest batch (CUDA)"
@@ -157,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--in-channels", type=_positive, default=1)
     memory.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _device(text: str) -> str:
+    """A device torch knows and this machine has, e.g. cpu, cuda, cuda:1."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu or cuda:0, got {text!r}") from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise argparse.ArgumentTypeError(f"device {text!r}: no such CUDA device on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected a cpu or cuda device, got {text!r}")
+    return text
 
 
 def _writable(folder: Path) -> Path:
@@ -203,6 +218,16 @@ def _data_errors(call):
         raise UsageError(str(error)) from None
 
 
+def _resume_errors(call):
+    """Run ``call``; what cannot be resumed becomes a one-line usage error."""
+    from spectriton.experiment import ResumeError
+
+    try:
+        return call()
+    except ResumeError as error:
+        raise UsageError(str(error)) from None
+
+
 def _train(args) -> None:
     from spectriton import experiment
 
@@ -215,7 +240,7 @@ def _train(args) -> None:
     checkpoint = out / f"{form.name}.pt"
     if not args.resume:
         checkpoint.unlink(missing_ok=True)
-    row = experiment.train_run(settings, form, data, checkpoint)
+    row = _resume_errors(lambda: experiment.train_run(settings, form, data, checkpoint))
     (out / f"{form.name}.json").write_text(json.dumps(row, indent=2))
     saved = f"{row['saved_bytes']:,.0f} B/sample"
     print(f"{settings.model} {form.name}: accuracy {row['accuracy']:.2f}%, saved {saved}")
@@ -229,7 +254,9 @@ def _compare(args) -> None:
         for stale in [out / experiment.RESULTS, *(out / "checkpoints").glob("*.pt")]:
             stale.unlink(missing_ok=True)
     data = _data_errors(lambda: experiment.load_data(settings))
-    rows = experiment.compare(settings, args.betas, args.density, out, args.resume, data)
+    rows = _resume_errors(
+        lambda: experiment.compare(settings, args.betas, args.density, out, args.resume, data)
+    )
     print(experiment.results_table(rows))
     names = [experiment.RESULTS, "results.csv", "figure3.png", "figure4.png"]
     print("wrote " + ", ".join(str(out / name) for name in names))

@@ -56,6 +56,30 @@ class Settings:
     progress: bool = True
 
 
+class ResumeError(ValueError):
+    """A run that ``--resume`` cannot continue: unreadable files, or other settings."""
+
+
+# Settings that do not change what a run computes, so a resume may change them.
+_FREE_SETTINGS = ("device", "progress", "data_dir", "download", "memory_budget_gib")
+
+
+def _check_same_settings(saved: dict, settings: Settings, where: Path, free: tuple[str, ...] = ()) -> None:
+    """Refuse to resume ``where`` under settings that change what it computed (``free`` ones
+    may change too)."""
+    current = asdict(settings)
+    differ = [
+        f"{k} {saved.get(k)!r} -> {current[k]!r}"
+        for k in current
+        if k not in _FREE_SETTINGS + free and saved.get(k) != current[k]
+    ]
+    if differ:
+        raise ResumeError(
+            f"cannot resume {where}: it was made with other settings ({', '.join(differ)}); "
+            f"run with the same settings, or without --resume to start over"
+        )
+
+
 @dataclass(frozen=True)
 class Form:
     """One model form of a comparison: spatial, or Spec at a beta or a density."""
@@ -155,11 +179,20 @@ def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | Non
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=0.5)
     history: list[dict] = []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=settings.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
+        try:
+            state = torch.load(checkpoint, map_location=settings.device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = state["history"]
+        except Exception as error:  # a damaged file or another model's: say which, and what to do
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ResumeError(
+                f"cannot resume from {checkpoint}: {first}; delete it or run without --resume"
+            ) from None
+        if "settings" in state:  # older checkpoints do not record them
+            # more (or fewer) epochs continue the same run; anything else would mix two runs
+            _check_same_settings(state["settings"], settings, checkpoint, free=("epochs",))
     memory_x = data.memory_batch.to(settings.device)
     label = f"{settings.model} {form.name}"
     for epoch in range(len(history), settings.epochs):
@@ -182,7 +215,8 @@ def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | Non
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), history=history)
-            torch.save({**state, "scheduler": scheduler.state_dict()}, checkpoint)
+            state.update(scheduler=scheduler.state_dict(), settings=asdict(settings))
+            torch.save(state, checkpoint)
     last = history[-1]
     peak, biggest = _cuda_memory(model, data, settings)
     densities = last["layer_density"].values()
@@ -250,7 +284,15 @@ def compare(
     results = out / RESULTS
     done = {}
     if resume and results.exists():
-        done = {row["form"]: row for row in json.loads(results.read_text())["rows"]}
+        try:
+            saved = json.loads(results.read_text())
+            done = {row["form"]: row for row in saved["rows"]}
+        except (ValueError, KeyError, TypeError) as error:
+            raise ResumeError(
+                f"cannot resume from {results}: not a results file ({error}); delete it or run "
+                f"without --resume"
+            ) from None
+        _check_same_settings(saved.get("settings", {}), settings, results)
     data = data or load_data(settings)
     rows = []
     for form in forms(betas, densities):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from spectriton import cli, experiment
 
@@ -141,6 +142,36 @@ def test_train_resumes_from_its_checkpoint(capsys, tmp_path):
     history = json.loads((tmp_path / "spec-beta0.7.json").read_text())["history"]
     assert len(history) == 2 and history[0] == first[0]
     assert "accuracy" in out
+
+
+def test_resume_refuses_other_settings_and_damaged_files(capsys, tmp_path):
+    argv = ["compare", *TINY, "--betas", "0.7", "--out", str(tmp_path)]
+    assert run_cli(capsys, *argv)[0] == 0
+    status, out, err = run_cli(capsys, *argv, "--lr", "0.5", "--resume")
+    assert status == cli.EXIT_USAGE and "other settings (lr 0.02 -> 0.5)" in err and "Traceback" not in err
+    (tmp_path / "results.json").write_text("{not json")
+    status, _, err = run_cli(capsys, *argv, "--resume")
+    assert status == cli.EXIT_USAGE and "not a results file" in err and err.count("\n") == 1
+
+
+def test_train_refuses_a_damaged_or_foreign_checkpoint(capsys, tmp_path):
+    common = ["train", "--spectral", "--limit-train", "128", "--limit-test", "64", "--epochs", "1"]
+    common += ["--no-progress", "--out", str(tmp_path), "--resume"]
+    (tmp_path / "spec-beta0.7.pt").write_bytes(b"not a checkpoint")
+    status, _, err = run_cli(capsys, *common)
+    assert status == cli.EXIT_USAGE and "cannot resume from" in err and "delete it" in err
+    assert run_cli(capsys, *common, "--model", "alexnet", "--beta", "0.5")[0] == 0  # spec-beta0.5.pt
+    (tmp_path / "spec-beta0.5.pt").rename(tmp_path / "spec-beta0.7.pt")  # another model's
+    status, _, err = run_cli(capsys, *common)
+    assert status == cli.EXIT_USAGE and "cannot resume from" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:7"])
+def test_unusable_devices_are_usage_errors(capsys, device):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    status, out, err = run_cli(capsys, "train", "--device", device, "--no-progress")
+    assert status == cli.EXIT_USAGE and "device" in err and err.count("\n") == 1 and out == ""
 
 
 def test_memory_prints_both_forms(capsys):
