@@ -104,12 +104,6 @@ def as_pairs(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(x.resolve_conj())
 
 
-def as_complex(pairs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Real ``(..., 2)`` pairs in any float dtype -> complex tensor of ``dtype``."""
-    real = torch.float64 if dtype == torch.complex128 else torch.float32
-    return torch.view_as_complex(pairs.to(real).contiguous())
-
-
 def frequency_major(spectrum: torch.Tensor) -> torch.Tensor:
     """``(batch, channels, P0, P1 // 2 + 1)`` -> contiguous ``(bins, batch, channels)``."""
     batch, channels, rows, cols = spectrum.shape
