@@ -316,12 +316,17 @@ def spectral_layer(
 
 @torch.compiler.disable
 def spectral_output(flow: SpectralFlow) -> torch.Tensor:
-    """The spatial output of a source: a compressed one goes through the inverse FFT."""
+    """The spatial output of a source: a compressed one goes through the inverse FFT. Spectra
+    are float32 whatever the autocast state; the output takes autocast's dtype, as
+    ``nn.Conv2d``'s does."""
     if flow.mask is None:
         return flow.values
     geom = replace(flow.geom, offset=flow.offset)
+    dtype, device = flow.dtype, flow.values.device.type
+    if dtype == torch.float32 and torch.is_autocast_enabled(device):  # as nn.Conv2d under autocast
+        dtype = torch.get_autocast_dtype(device)
     return SpectralOutputFunction.apply(
-        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, flow.dtype, flow.memory_format
+        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, dtype, flow.memory_format
     )
 
 
