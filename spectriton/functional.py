@@ -254,13 +254,20 @@ class SpectralFlow:
     dtype: torch.dtype
     beta: float | torch.Tensor | None = None
     memory_format: torch.memory_format = torch.contiguous_format
+    nonfinite: torch.Tensor | None = None
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
         geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return cls(x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype, memory_format=memory_format)
+        # which samples hold a NaN or Inf: their outputs are made NaN, since split tanh would
+        # saturate an infinite spectral entry to a finite one
+        nonfinite = ~torch.isfinite(x.detach()).flatten(1).all(1)
+        return cls(
+            x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype,
+            memory_format=memory_format, nonfinite=nonfinite,
+        )  # fmt: skip
 
     @property
     def density(self) -> float:
@@ -310,7 +317,7 @@ def spectral_layer(
     values, mask, offsets, used = SpectralLayerFunction.apply(weight, bias, cfg, *tensors)
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
-        first.memory_format,
+        first.memory_format, first.nonfinite,
     )  # fmt: skip
 
 
@@ -325,9 +332,13 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     dtype, device = flow.dtype, flow.values.device.type
     if dtype == torch.float32 and torch.is_autocast_enabled(device):  # as nn.Conv2d under autocast
         dtype = torch.get_autocast_dtype(device)
-    return SpectralOutputFunction.apply(
+    y = SpectralOutputFunction.apply(
         flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, dtype, flow.memory_format
     )
+    if flow.nonfinite is None:
+        return y
+    # NaN where the sample's input was not finite: an addition, so nothing more is saved
+    return y + torch.where(flow.nonfinite, float("nan"), 0.0).to(y.dtype).view(-1, 1, 1, 1)
 
 
 def empty_output(x: torch.Tensor, parameters: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:
