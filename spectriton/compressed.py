@@ -70,6 +70,11 @@ def unpack_bits(mask: torch.Tensor, numel: int) -> torch.Tensor:
     return bits.view(-1)[:numel].bool()
 
 
+def kept_positions(mask: torch.Tensor, numel: int) -> torch.Tensor:
+    """Stream positions of the entries ``mask`` keeps, int64 ``(nnz,)``, in value order."""
+    return unpack_bits(mask, numel).nonzero().squeeze(1)
+
+
 def word_prefix(mask: torch.Tensor) -> torch.Tensor:
     """Exclusive running count of kept entries before each mask word, int64 ``(words,)``.
 
@@ -264,14 +269,10 @@ class CompressedSpectrum:
         """The keep-mask as a bool stream ``(numel,)``, frequency-major."""
         return unpack_bits(self.mask, self.numel)
 
-    def kept_positions(self) -> torch.Tensor:
-        """Stream positions of the kept entries, int64 ``(nnz,)``, in value order."""
-        return self.keep().nonzero().squeeze(1)
-
     def to_frequency_major(self) -> torch.Tensor:
         """The complex spectrum as ``(bins, batch, channels)``, zeros where nothing was kept."""
         dense = torch.zeros(self.numel, 2, dtype=self.dense_dtype.to_real(), device=self.values.device)
-        dense.index_copy_(0, self.kept_positions(), self.values.to(dense.dtype))
+        dense.index_copy_(0, kept_positions(self.mask, self.numel), self.values.to(dense.dtype))
         return torch.view_as_complex(dense).view(self.bins, self.batch, self.channels)
 
     def to_dense(self) -> torch.Tensor:

@@ -65,8 +65,7 @@ def _dc_real(spectrum: CompressedSpectrum | torch.Tensor, batch: int, channels: 
         return spectrum[0].real
     first = batch * channels  # the DC frequency is the stream's first batch x channels entries
     dc = spectrum.values.new_zeros(first)
-    kept = unpack_bits(spectrum.mask, first)
-    dc[kept] = spectrum.values[: int(kept.sum()), 0]
+    dc[unpack_bits(spectrum.mask, first)] = spectrum.values[: int(spectrum.offsets[1]), 0]
     return dc.view(batch, channels)
 
 

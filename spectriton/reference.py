@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from spectriton.compressed import CompressedSpectrum, as_pairs, compact, unpack_bits
+from spectriton.compressed import CompressedSpectrum, as_pairs, compact, kept_positions
 
 
 def scaled_threshold(beta: float | torch.Tensor):
@@ -101,8 +101,7 @@ def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
 def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:
     """The ``nnz`` entries of a dense frequency-major spectrum that ``mask`` keeps, as
     packed pairs in stream order."""
-    positions = unpack_bits(mask, dense.numel()).nonzero().squeeze(1)
-    return as_pairs(dense).reshape(-1, 2).index_select(0, positions)
+    return as_pairs(dense).reshape(-1, 2).index_select(0, kept_positions(mask, dense.numel()))
 
 
 def operand(spectrum: CompressedSpectrum | torch.Tensor) -> torch.Tensor:
