@@ -142,19 +142,19 @@ class SpectralConv2d(nn.Module):
     def step(self, flows: list[SpectralFlow]) -> SpectralFlow:
         """Product with this layer's kernel spectrum, threshold and activation, on the
         spectral flow of a block (several flows in a dense block, channels in order)."""
-        beta, density = self.beta, self.density
-        if density is not None and not self.training and not torch.isnan(self.threshold):
-            beta, density = float(self.threshold), None
+        eval_budget = self.density is not None and not self.training
         flow = spectral_layer(
-            flows, self.weight, self.bias, self.padding, beta, self.activation, self.value_dtype, density
-        )
-        if density is not None and self.training:
+            flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
+            self.density, running=self.threshold if eval_budget else None,
+        )  # fmt: skip
+        if self.density is not None and self.training:
             with torch.no_grad():  # on the device: no host synchronisation
-                used = torch.as_tensor(flow.beta).to(self.threshold)
+                used = flow.beta.to(self.threshold)
                 first = torch.isnan(self.threshold)
                 updated = torch.where(first, used, torch.lerp(self.threshold, used, MOMENTUM))
                 self.threshold.copy_(torch.where(torch.isfinite(used), updated, self.threshold))
-        self.last_density = flow.density
+        if not torch.compiler.is_compiling():  # a host number: eager only
+            self.last_density = flow.density
         return flow
 
     def extra_repr(self) -> str:

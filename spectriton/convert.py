@@ -10,9 +10,10 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   ``ReLU`` becomes a spectral layer with split tanh, the BN and ReLU are bypassed;
   consecutive such convolutions at one resolution share one spectral block; a
   convolution followed by neither keeps a threshold but no activation. ``MaxPool2d(2)``
-  becomes the compact pool. The container keeps its class: only its ``forward`` is
-  replaced, by the rewritten graph's. Where a forward does not trace, its convolutions
-  are swapped alone (threshold, no activation).
+  becomes the compact pool. The container's class becomes ``Spectral<Name>``, a subclass
+  of its own whose ``forward`` is the rewritten graph's (children, buffers and attributes
+  stay; pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward
+  does not trace, its convolutions are swapped alone (threshold, no activation).
 
 Ineligible layers are skipped with a reason: groups > 1, dilation > 1, a padding mode
 other than zeros, 1x1 kernels (nothing to gain), ``filter_fn`` returning False.
@@ -22,6 +23,7 @@ undoes a conversion.
 
 from __future__ import annotations
 
+import importlib
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -348,12 +350,57 @@ def _rewrite(graph: fx.Graph, chains: list[_Chain]) -> None:
 
 
 def _replace_forward(module: nn.Module, graph: fx.Graph, frozen: list[nn.Parameter]) -> None:
-    """Give ``module`` the rewritten graph's forward, keeping its class and children."""
-    code = fx.GraphModule(module, graph)
-    module.forward = types.MethodType(type(code).forward, module)
+    """Give ``module`` the rewritten graph's forward: its class becomes a subclass of its own
+    (``Spectral<Name>``) whose ``forward`` is the graph's code, so that the change is part of
+    the model (pickle, ``torch.save`` and ``copy.deepcopy`` keep it) and children, buffers
+    and attributes stay where they were."""
+    code = graph.python_code(root_module="self")
+    names = {
+        name: (value.__name__, True) if isinstance(value, types.ModuleType) else (value, False)
+        for name, value in code.globals.items()
+        if name != "__builtins__"
+    }
+    module.__class__ = _converted_class(type(module), code.src, names)
     for p in frozen:
         p.requires_grad_(False)
     setattr(module, _STATE, frozen)
+
+
+_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _converted_class(base: type, source: str, names: dict[str, tuple]) -> type:
+    """``base`` with the forward defined by ``source`` (fx's code for a graph), whose global
+    ``names`` map to ``(object, False)`` or ``(module name, True)``; one class per pair."""
+    key = (base, source)
+    if key not in _CLASSES:
+        namespace = {
+            name: importlib.import_module(value) if is_module else value
+            for name, (value, is_module) in names.items()
+        }
+        exec(compile(source, f"<spectriton: converted {base.__qualname__}>", "exec"), namespace)
+        _CLASSES[key] = type(
+            f"Spectral{base.__name__}",
+            (base,),
+            {
+                "forward": namespace["forward"],
+                "__module__": __name__,
+                "__reduce_ex__": _reduce_converted,
+                "_spectriton_class": (base, source, names),
+            },
+        )
+    return _CLASSES[key]
+
+
+def _reduce_converted(module: nn.Module, protocol: int):
+    """Pickle a converted container as its base class, the forward's source and its state."""
+    _, _, *state = object.__reduce_ex__(module, protocol)
+    return (_new_converted, type(module)._spectriton_class, *state)
+
+
+def _new_converted(base: type, source: str, names: dict[str, tuple]) -> nn.Module:
+    cls = _converted_class(base, source, names)
+    return cls.__new__(cls)
 
 
 def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
@@ -444,7 +491,7 @@ def revert(model: nn.Module) -> nn.Module:
             for p in getattr(module, _STATE):
                 p.requires_grad_(True)
             delattr(module, _STATE)
-            del module.forward
+            module.__class__ = type(module)._spectriton_class[0]
         if isinstance(module, SpectralDenseBlock):
             continue
         for name, child in list(module.named_children()):

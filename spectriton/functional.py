@@ -1,247 +1,38 @@
-"""Autograd functions of a spectral block, and the functional API built on them.
+"""The functional API of a spectral block, on the ops of :mod:`spectriton.custom_ops`.
 
 A block is ``FFT -> [product -> threshold -> split tanh] x n -> IFFT -> crop``. Between
-layers the spectrum flows compressed: each layer is one autograd function whose output is
-the packed values (differentiable) plus the bitmask and offsets of a
-:class:`~spectriton.compressed.CompressedSpectrum`, and whose saved tensors are only
+layers the spectrum flows compressed, as a :class:`SpectralFlow`: each layer is one
+``spectriton::layer`` op whose output is the packed values (differentiable) plus the
+bitmask and offsets of a :class:`~spectriton.compressed.CompressedSpectrum`, and whose
+saved tensors are only
 
 - its input: the block's spatial input (first layer) or the previous layer's compressed
   output (the same storages that layer saved, so they count once);
 - its compressed output's mask and offsets, and its values when split tanh needs them;
 - its weight (a parameter).
 
-Gradients between layers flow packed too. The heavy ops come from :mod:`spectriton.backend`.
+Gradients between layers flow packed too. Everything here traces under
+``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from spectriton import _checks, transforms
-from spectriton.backend import ops
-from spectriton.compressed import CompressedSpectrum, unpack_bits
+from spectriton import _checks, custom_ops
+from spectriton.custom_ops import LayerConfig
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
-from spectriton.nvtx import annotate
-
-
-@dataclass(frozen=True)
-class LayerConfig:
-    """What one layer's autograd function needs besides tensors.
-
-    A layer reads one or more sources (several in a dense block); ``channels[s]`` and
-    ``shifts[s]`` give each source's channel count and kernel shift. ``density``, when set,
-    replaces ``beta`` by the threshold that keeps that fraction of the product's entries.
-    """
-
-    grid: tuple[int, int]
-    size: tuple[int, int]
-    batch: int
-    kernel: tuple[int, int]
-    beta: float
-    activation: bool
-    value_dtype: torch.dtype | None
-    channels: tuple[int, ...]
-    shifts: tuple[tuple[int, int], ...]
-    density: float | None = None
-
-    def describe(self, weight: torch.Tensor) -> str:
-        """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
-        kernel, grid = "x".join(map(str, self.kernel)), "x".join(map(str, self.grid))
-        return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid}"
-
-
-def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half precisions compute in float32)."""
-    double = any(t is not None and t.dtype == torch.float64 for t in tensors)
-    return torch.float64 if double else torch.float32
-
-
-def _dc_real(spectrum: CompressedSpectrum | torch.Tensor, batch: int, channels: int) -> torch.Tensor:
-    """Real part of each map's DC entry (zero where it was not kept), ``(batch, channels)``."""
-    if not isinstance(spectrum, CompressedSpectrum):
-        return spectrum[0].real
-    first = batch * channels  # the DC frequency is the stream's first batch x channels entries
-    dc = spectrum.values.new_zeros(first)
-    dc[unpack_bits(spectrum.mask, first)] = spectrum.values[: int(spectrum.offsets[1]), 0]
-    return dc.view(batch, channels)
-
-
-def density_threshold(spectrum: torch.Tensor, density: float, sample: int = 1 << 16) -> torch.Tensor | float:
-    """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries, as a
-    float64 tensor on the spectrum's device (no host synchronisation).
-
-    A quantile of the magnitudes of the finite entries (NaN where there are none), estimated
-    on at most ``sample`` entries spread over the whole spectrum by a golden-ratio sequence
-    (so the sample never aliases with a row length), in float64 so that huge magnitudes do
-    not overflow to an infinite threshold.
-    """
-    if density >= 1:
-        return 0.0
-    flat = spectrum.reshape(-1)
-    if flat.numel() > sample:
-        steps = torch.arange(sample, dtype=torch.float64, device=flat.device)
-        flat = flat[((steps * 0.6180339887498949) % 1 * flat.numel()).long()]
-    magnitude = flat.to(torch.complex128).abs()
-    magnitude = torch.where(torch.isfinite(magnitude), magnitude, float("nan"))
-    return torch.nanquantile(magnitude, 1 - density, interpolation="lower")
-
-
-def _exact(device: torch.device):
-    """Autocast off: spectra and kernel spectra are computed in float32 (or float64) however
-    the caller autocasts (the DFT matmuls would otherwise round to bfloat16)."""
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-def _sources(tensors: tuple) -> list[tuple]:
-    return [tensors[i : i + 3] for i in range(0, len(tensors), 3)]
-
-
-def _layer_input(inputs, mask, offsets, batch, channels, grid, real) -> CompressedSpectrum | torch.Tensor:
-    """A layer's input spectrum: the FFT of a spatial batch (dense, frequency-major), or a
-    compressed layer output."""
-    if mask is None:
-        return transforms.map_spectrum(inputs.to(real), grid)
-    return CompressedSpectrum._trusted(inputs, mask, offsets, batch, channels, grid)
-
-
-class SpectralLayerFunction(torch.autograd.Function):
-    """One convolution + threshold (+ split tanh) layer on the spectral grid.
-
-    Arguments: ``weight, bias, cfg`` then ``(inputs, mask, offsets)`` per source, where a
-    source is a spatial batch (``mask`` and ``offsets`` None: the block's input) or the
-    packed values, mask and offsets of an earlier layer's output. Returns the packed
-    values, mask and offsets of this layer's output, and the threshold it used.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, bias, cfg: LayerConfig, *sources):
-        with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
-            return SpectralLayerFunction._forward(ctx, weight, bias, cfg, *sources)
-
-    @staticmethod
-    def _forward(ctx, weight, bias, cfg: LayerConfig, *sources):
-        backend = ops(weight.device)
-        real = _compute_dtype(weight, *sources[::3])
-        if len(cfg.channels) == 1 and cfg.density is None:
-            out = SpectralLayerFunction._fused_forward(backend, weight, bias, cfg, real, *sources)
-            beta = cfg.beta
-        else:
-            out, beta = SpectralLayerFunction._summed_forward(backend, weight, bias, cfg, real, *sources)
-        ctx.save_for_backward(weight, out.values if cfg.activation else None, out.mask, out.offsets, *sources)
-        ctx.cfg, ctx.real, ctx.has_bias = cfg, real, bias is not None
-        on_device = [beta] if isinstance(beta, torch.Tensor) else []
-        ctx.mark_non_differentiable(out.mask, out.offsets, *on_device)
-        return out.values, out.mask, out.offsets, beta
-
-    @staticmethod
-    def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> CompressedSpectrum:
-        """One source at a fixed beta: the product with the threshold in its epilogue."""
-        spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, cfg.channels[0], cfg.grid, real)
-        kernel = transforms.kernel_spectrum(weight.to(real), cfg.grid, cfg.shifts[0])
-        bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(cfg.grid)
-        return backend.product_threshold(
-            spectrum_in, kernel, bias_dc, cfg.beta, cfg.activation, cfg.value_dtype, cfg.grid
-        )
-
-    @staticmethod
-    def _summed_forward(backend, weight, bias, cfg, real, *sources):
-        """Several sources (a dense block) or a density budget: the dense product first."""
-        product, start = None, 0
-        for (inputs, mask, offsets), channels, shift in zip(_sources(sources), cfg.channels, cfg.shifts):
-            spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
-            kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
-            bias_dc = None
-            if bias is not None and product is None:
-                bias_dc = bias.to(real) * transforms.bias_scale(cfg.grid)
-            part = backend.product(spectrum_in, kernel, bias_dc)
-            product = part if product is None else product.add_(part)
-            start += channels
-        del spectrum_in, part, kernel
-        beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
-        return backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid), beta
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_mask, _grad_offsets, _grad_beta):
-        saved = ctx.saved_tensors  # unpacked once: checkpointing refuses a second unpack
-        with annotate(lambda: f"layer.backward {ctx.cfg.describe(saved[0])}"), _exact(saved[0].device):
-            return SpectralLayerFunction._backward(ctx, grad_values, *saved)
-
-    @staticmethod
-    def _backward(ctx, grad_values, weight, values, out_mask, out_offsets, *sources):
-        cfg, real = ctx.cfg, ctx.real
-        backend = ops(weight.device)
-        if cfg.activation:
-            grad_values = backend.activation_backward(values, grad_values)
-        out_channels = weight.shape[0]
-        grad_out = CompressedSpectrum._trusted(
-            grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
-        )
-        grad_out = backend.operand(grad_out)  # converted once, read by every product below
-        grad_sources, grad_kernels, start = [], [], 0
-        for index, ((inputs, mask, offsets), channels, shift) in enumerate(
-            zip(_sources(tuple(sources)), cfg.channels, cfg.shifts)
-        ):
-            spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
-            if mask is not None or ctx.needs_input_grad[0]:
-                spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
-            part = weight[:, start : start + channels].to(real)
-            start += channels
-            grad_inputs = None
-            if ctx.needs_input_grad[3 + 3 * index]:
-                kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
-                if mask is None:
-                    grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
-                    grad_inputs = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
-                else:
-                    grad_inputs = backend.product_input_grad(grad_out, kernel, spectrum_in)
-                grad_inputs = grad_inputs.to(inputs.dtype)
-            grad_sources += [grad_inputs, None, None]
-            if ctx.needs_input_grad[0]:
-                grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
-                grad_kernels.append(
-                    transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
-                )
-        grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype) if grad_kernels else None
-        grad_bias = None
-        if ctx.has_bias and ctx.needs_input_grad[1]:
-            grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
-            grad_bias = grad_bias.to(weight.dtype)
-        return grad_weight, grad_bias, None, *grad_sources
-
-
-class SpectralOutputFunction(torch.autograd.Function):
-    """Compressed spectrum -> spatial output: inverse FFT, circular crop, stride.
-
-    Saves only the mask (already saved by the last layer).
-    """
-
-    @staticmethod
-    def forward(ctx, values, mask, offsets, batch: int, channels: int, geom: BlockGeometry, out_dtype, fmt):
-        spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
-        with annotate("output.forward"):
-            y = transforms.to_space(ops(values.device).unpack(spectrum), geom, fmt)
-        ctx.save_for_backward(mask)
-        ctx.geom, ctx.nnz, ctx.real = geom, values.shape[0], y.dtype
-        return y.to(out_dtype)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (mask,) = ctx.saved_tensors
-        with annotate("output.backward"):
-            grad_spectrum = transforms.to_space_adjoint(grad_y.to(ctx.real), ctx.geom)
-            grad_values = ops(mask.device).pack(grad_spectrum, mask, ctx.nnz)
-        return grad_values, None, None, None, None, None, None, None
 
 
 @dataclass(frozen=True)
 class SpectralFlow:
     """One source of a block's spectral layers: the block's spatial input (``mask`` is
     None) or a layer's compressed output. ``offset`` is the circular shift its crop reads
-    with; ``beta`` the threshold the layer that made it used (a device tensor when a
-    density budget computed it)."""
+    with; ``beta`` the threshold the layer that made it used (a 0-d float64 tensor on the
+    device)."""
 
     values: torch.Tensor
     mask: torch.Tensor | None
@@ -251,7 +42,7 @@ class SpectralFlow:
     offset: tuple[int, int]
     geom: BlockGeometry
     dtype: torch.dtype
-    beta: float | torch.Tensor | None = None
+    beta: torch.Tensor | None = None
     memory_format: torch.memory_format = torch.contiguous_format
     nonfinite: torch.Tensor | None = None
 
@@ -276,7 +67,6 @@ class SpectralFlow:
         return self.values.shape[0] / max(self.batch * self.channels * self.geom.bins, 1)
 
 
-@torch.compiler.disable  # eager inside: data-dependent sizes (issue 17 registers custom ops)
 def spectral_layer(
     sources: SpectralFlow | Sequence[SpectralFlow],
     weight: torch.Tensor,
@@ -286,11 +76,13 @@ def spectral_layer(
     activation: str | None,
     value_dtype: torch.dtype | None = None,
     density: float | None = None,
+    running: torch.Tensor | None = None,
 ) -> SpectralFlow:
     """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
 
     With several ``sources`` (channels concatenated in order), each source's kernel is
-    shifted so that the contributions line up before they are summed.
+    shifted so that the contributions line up before they are summed. ``running``, when
+    given and not NaN, is the threshold a density budget uses instead of its quantile.
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
@@ -312,28 +104,31 @@ def spectral_layer(
         ),
         density=density,
     )
-    tensors = [t for s in sources for t in (s.values, s.mask, s.offsets)]
-    values, mask, offsets, used = SpectralLayerFunction.apply(weight, bias, cfg, *tensors)
+    values, mask, offsets, used = custom_ops.layer(
+        weight, bias, [s.values for s in sources], [s.mask for s in sources], [s.offsets for s in sources],
+        *cfg.op_args(), running,
+    )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
         first.memory_format, first.nonfinite,
     )  # fmt: skip
 
 
-@torch.compiler.disable
 def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     """The spatial output of a source: a compressed one goes through the inverse FFT. Spectra
     are float32 whatever the autocast state; the output takes autocast's dtype, as
     ``nn.Conv2d``'s does."""
     if flow.mask is None:
         return flow.values
-    geom = replace(flow.geom, offset=flow.offset)
+    geom = BlockGeometry(flow.geom.size, flow.geom.grid, flow.offset, flow.geom.full, flow.geom.stride)
     dtype, device = flow.dtype, flow.values.device.type
     if dtype == torch.float32 and torch.is_autocast_enabled(device):  # as nn.Conv2d under autocast
         dtype = torch.get_autocast_dtype(device)
-    y = SpectralOutputFunction.apply(
-        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geom, dtype, flow.memory_format
-    )
+    channels_last = flow.memory_format == torch.channels_last
+    y = custom_ops.output(
+        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, custom_ops.geometry_args(geom),
+        dtype, channels_last,
+    )  # fmt: skip
     if flow.nonfinite is None:
         return y
     # NaN where the sample's input was not finite: an addition, so nothing more is saved

@@ -4,7 +4,8 @@ On by default where CUDA is available; ``SPECTRITON_NVTX=0`` turns them off. A r
 about a microsecond of host time (``python bench/nvtx_cost.py``), next to kernels that take
 tens of them. Ranges read ``spectriton.<what>``: module forwards, autograd backwards and
 each kernel launch (no ``/`` in names, which Nsight Compute's NVTX filters use to nest).
-Inside ``torch.compile`` graphs there are none: the compiled kernels carry their own names.
+Under ``torch.compile`` the spectral custom ops keep theirs (they run opaque inside the
+graph); what the compiler traces has none: its kernels carry their own names.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """convert / plan / revert on hand-made and torchvision models."""
 
+import copy
+import io
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -76,6 +80,40 @@ def test_specnet_revert_without_training_restores_outputs():
         st.revert(model)
         torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def _round_trips(model):
+    """The model back through torch.save/torch.load, pickle and copy.deepcopy."""
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return {
+        "torch.save": torch.load(buffer, weights_only=False),
+        "pickle": pickle.loads(pickle.dumps(model)),
+        "deepcopy": copy.deepcopy(model),
+    }
+
+
+@pytest.mark.parametrize("density", [None, 0.1], ids=["beta", "density"])
+def test_converted_model_is_an_ordinary_model(density):
+    """Issue 17 class 4: a rewritten container's forward is part of its class, so every
+    round trip keeps it; the original's state_dict loads strictly; revert restores it."""
+    original = _torchvision("resnet18")
+    model = st.convert(copy.deepcopy(original), density=density)
+    block = model.layer1[0]
+    assert type(block).__name__ == "SpectralBasicBlock"
+    assert isinstance(block, torchvision.models.resnet.BasicBlock)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.train()(x)  # calibrates the density thresholds
+        expected = model.eval()(x)
+        for how, copied in _round_trips(model).items():
+            assert type(copied.layer1[0]) is type(block), how
+            torch.testing.assert_close(copied(x), expected, atol=0, rtol=0, msg=how)
+        model.load_state_dict(original.state_dict(), strict=True)
+        st.revert(model)
+        assert type(model.layer1[0]) is torchvision.models.resnet.BasicBlock
+        torch.testing.assert_close(model(x), original(x), atol=0, rtol=0)
 
 
 def _vgg_like():

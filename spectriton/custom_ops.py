@@ -1,0 +1,406 @@
+"""The spectral block's ops, registered with ``torch.library``.
+
+- ``spectriton::layer``: product with a kernel spectrum, threshold (fixed, or a density
+  budget's quantile), split tanh and compaction. Returns the packed values, bitmask and
+  offsets of a :class:`~spectriton.compressed.CompressedSpectrum`, and the threshold used.
+- ``spectriton::output``: compressed spectrum -> spatial output (inverse FFT, crop, stride).
+- ``spectriton::layer_backward`` and ``spectriton::output_backward``: their gradients.
+
+Each op has a fake implementation, so ``torch.compile`` captures a spectral model as one
+graph: the number of kept entries is data-dependent and the fake ``layer`` declares it as a
+new dynamic size. The ops themselves stay opaque to the compiler; on CUDA the Triton
+kernels run inside them (:mod:`spectriton.backend` picks them at each call).
+
+The autograd formulas save only what DESIGN.md section 3 allows, through
+``ctx.save_for_backward``: a layer keeps its weight, its sources (the block's spatial input
+or an earlier layer's compressed output, whose storages count once), its output's mask and
+offsets, and its values when split tanh needs them; the output op keeps the mask.
+"""
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from spectriton import transforms
+from spectriton.backend import ops
+from spectriton.compressed import CompressedSpectrum, mask_words, unpack_bits
+from spectriton.geometry import BlockGeometry
+from spectriton.nvtx import annotate
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """What one layer needs besides tensors.
+
+    A layer reads one or more sources (several in a dense block); ``channels[s]`` and
+    ``shifts[s]`` give each source's channel count and kernel shift. ``density``, when set,
+    replaces ``beta`` by the threshold that keeps that fraction of the product's entries.
+    """
+
+    grid: tuple[int, int]
+    size: tuple[int, int]
+    batch: int
+    kernel: tuple[int, int]
+    beta: float
+    activation: bool
+    value_dtype: torch.dtype | None
+    channels: tuple[int, ...]
+    shifts: tuple[tuple[int, int], ...]
+    density: float | None = None
+
+    def describe(self, weight: Tensor) -> str:
+        """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
+        kernel, grid = "x".join(map(str, self.kernel)), "x".join(map(str, self.grid))
+        return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid}"
+
+    def op_args(self) -> tuple:
+        """The config as the ops' trailing arguments (see :func:`_config`)."""
+        shifts = [s for shift in self.shifts for s in shift]
+        return (
+            list(self.grid), list(self.size), self.batch, list(self.channels), shifts,
+            self.beta, self.activation, self.value_dtype, self.density,
+        )  # fmt: skip
+
+
+def _config(
+    weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density
+) -> LayerConfig:
+    """:class:`LayerConfig` back from :meth:`LayerConfig.op_args`."""
+    return LayerConfig(
+        grid=tuple(grid),
+        size=tuple(size),
+        batch=batch,
+        kernel=(weight.shape[2], weight.shape[3]),
+        beta=beta,
+        activation=activation,
+        value_dtype=value_dtype,
+        channels=tuple(channels),
+        shifts=tuple(zip(shifts[::2], shifts[1::2])),
+        density=density,
+    )
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precisions compute in float32)."""
+    double = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if double else torch.float32
+
+
+def _exact(device: torch.device):
+    """Autocast off: spectra and kernel spectra are computed in float32 (or float64) however
+    the caller autocasts (the DFT matmuls would otherwise round to bfloat16)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def density_threshold(spectrum: Tensor, density: float, sample: int = 1 << 16) -> Tensor | float:
+    """The beta that keeps about a fraction ``density`` of ``spectrum``'s entries, as a
+    float64 tensor on the spectrum's device (no host synchronisation).
+
+    A quantile of the magnitudes of the finite entries (NaN where there are none), estimated
+    on at most ``sample`` entries spread over the whole spectrum by a golden-ratio sequence
+    (so the sample never aliases with a row length), in float64 so that huge magnitudes do
+    not overflow to an infinite threshold.
+    """
+    if density >= 1:
+        return 0.0
+    flat = spectrum.reshape(-1)
+    if flat.numel() > sample:
+        steps = torch.arange(sample, dtype=torch.float64, device=flat.device)
+        flat = flat[((steps * 0.6180339887498949) % 1 * flat.numel()).long()]
+    magnitude = flat.to(torch.complex128).abs()
+    magnitude = torch.where(torch.isfinite(magnitude), magnitude, float("nan"))
+    return torch.nanquantile(magnitude, 1 - density, interpolation="lower")
+
+
+def _dc_real(spectrum: CompressedSpectrum | Tensor, batch: int, channels: int) -> Tensor:
+    """Real part of each map's DC entry (zero where it was not kept), ``(batch, channels)``."""
+    if not isinstance(spectrum, CompressedSpectrum):
+        return spectrum[0].real
+    first = batch * channels  # the DC frequency is the stream's first batch x channels entries
+    dc = spectrum.values.new_zeros(first)
+    dc[unpack_bits(spectrum.mask, first)] = spectrum.values[: int(spectrum.offsets[1]), 0]
+    return dc.view(batch, channels)
+
+
+def _layer_input(inputs, mask, offsets, batch, channels, grid, real) -> CompressedSpectrum | Tensor:
+    """A layer's input spectrum: the FFT of a spatial batch (dense, frequency-major), or a
+    compressed layer output."""
+    if mask is None:
+        return transforms.map_spectrum(inputs.to(real), grid)
+    return CompressedSpectrum._trusted(inputs, mask, offsets, batch, channels, grid)
+
+
+# ---------------------------------------------------------------------------------------
+# spectriton::layer
+
+
+def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> CompressedSpectrum:
+    """One source at a fixed beta: the product with the threshold in its epilogue."""
+    spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, cfg.channels[0], cfg.grid, real)
+    kernel = transforms.kernel_spectrum(weight.to(real), cfg.grid, cfg.shifts[0])
+    bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(cfg.grid)
+    return backend.product_threshold(
+        spectrum_in, kernel, bias_dc, cfg.beta, cfg.activation, cfg.value_dtype, cfg.grid
+    )
+
+
+def _summed_forward(backend, weight, bias, cfg, real, sources) -> tuple[CompressedSpectrum, Tensor | float]:
+    """Several sources (a dense block) or a density budget: the dense product first."""
+    product, start = None, 0
+    for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
+        spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
+        kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), cfg.grid, shift)
+        bias_dc = None
+        if bias is not None and product is None:
+            bias_dc = bias.to(real) * transforms.bias_scale(cfg.grid)
+        part = backend.product(spectrum_in, kernel, bias_dc)
+        product = part if product is None else product.add_(part)
+        start += channels
+    del spectrum_in, part, kernel
+    beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
+    return backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid), beta
+
+
+@torch.library.custom_op("spectriton::layer", mutates_args=())
+def layer(
+    weight: Tensor,
+    bias: Optional[Tensor],
+    inputs: list[Tensor],
+    masks: list[Optional[Tensor]],
+    offsets: list[Optional[Tensor]],
+    grid: list[int],
+    size: list[int],
+    batch: int,
+    channels: list[int],
+    shifts: list[int],
+    beta: float,
+    activation: bool,
+    value_dtype: Optional[torch.dtype],
+    density: Optional[float],
+    running: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer on the spectral grid; returns ``(values, mask, offsets, threshold)``.
+
+    Each source is ``(inputs[s], masks[s], offsets[s])``: a spatial batch (mask None) or an
+    earlier layer's compressed output. ``running``, when given and calibrated (not NaN),
+    is the threshold to use instead of the density budget's quantile (eval mode).
+    """
+    cfg = _config(weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density)
+    if running is not None:
+        calibrated = float(running)  # one host read, as sizing the values needs anyway
+        if not math.isnan(calibrated):
+            cfg = replace(cfg, beta=calibrated, density=None)
+    with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
+        backend = ops(weight.device)
+        real = _compute_dtype(weight, *inputs)
+        sources = list(zip(inputs, masks, offsets))
+        if len(sources) == 1 and cfg.density is None:
+            out, used = _fused_forward(backend, weight, bias, cfg, real, *sources[0]), cfg.beta
+        else:
+            out, used = _summed_forward(backend, weight, bias, cfg, real, sources)
+    threshold = torch.as_tensor(used, dtype=torch.float64, device=weight.device).clone()
+    return out.values, out.mask, out.offsets, threshold
+
+
+@layer.register_fake
+def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
+      value_dtype, density, running):  # fmt: skip
+    out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    real = _compute_dtype(weight, *inputs)
+    values = weight.new_empty(nnz, 2, dtype=value_dtype or real)
+    mask = weight.new_empty(mask_words(batch * out_channels * bins), dtype=torch.int32)
+    return (
+        values,
+        mask,
+        weight.new_empty(bins + 1, dtype=torch.int64),
+        weight.new_empty((), dtype=torch.float64),
+    )
+
+
+def _setup_layer(ctx, inputs, output) -> None:
+    weight, bias, sources, masks, offsets, *config, _running = inputs
+    values, mask, out_offsets, _ = output
+    ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
+    keep = values if config[6] else None  # split tanh's derivative reads the values
+    ctx.save_for_backward(weight, keep, mask, out_offsets, *sources, *masks, *offsets)
+
+
+def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold):
+    weight, values, mask, out_offsets, *saved = ctx.saved_tensors
+    count = ctx.sources
+    sources, masks, offsets = saved[:count], saved[count : 2 * count], saved[2 * count :]
+    wanted = ctx.needs_input_grad
+    needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2]]
+    grads = layer_backward(
+        grad_values, weight, values, mask, out_offsets, sources, masks, offsets, *ctx.config, needs
+    )
+    grads = [g if need else None for g, need in zip(grads, needs)]
+    return grads[0], grads[1], grads[2:], _no_grads(masks), _no_grads(offsets), *[None] * 10
+
+
+def _no_grads(items: list) -> list | None:
+    """The gradient of a non-differentiable list argument, shaped as autograd flattened it:
+    a list of Nones for a list of tensors, one None for a list holding a None."""
+    return [None] * len(items) if all(isinstance(t, Tensor) for t in items) else None
+
+
+layer.register_autograd(_layer_grad, setup_context=_setup_layer)
+
+
+# ---------------------------------------------------------------------------------------
+# spectriton::layer_backward
+
+
+@torch.library.custom_op("spectriton::layer_backward", mutates_args=())
+def layer_backward(
+    grad_values: Tensor,
+    weight: Tensor,
+    values: Optional[Tensor],
+    out_mask: Tensor,
+    out_offsets: Tensor,
+    inputs: list[Tensor],
+    masks: list[Optional[Tensor]],
+    offsets: list[Optional[Tensor]],
+    grid: list[int],
+    size: list[int],
+    batch: int,
+    channels: list[int],
+    shifts: list[int],
+    beta: float,
+    activation: bool,
+    value_dtype: Optional[torch.dtype],
+    density: Optional[float],
+    needs: list[bool],
+) -> list[Tensor]:
+    """Gradients of :func:`layer`: ``[weight, bias, *inputs]``, each empty where ``needs``
+    (same order) says it is not wanted."""
+    cfg = _config(weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density)
+    with annotate(lambda: f"layer.backward {cfg.describe(weight)}"), _exact(weight.device):
+        return _layer_backward(
+            cfg, needs, grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets
+        )
+
+
+def _layer_backward(cfg, needs, grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets):
+    backend, real = ops(weight.device), _compute_dtype(weight, *inputs)
+    if cfg.activation:
+        grad_values = backend.activation_backward(values, grad_values)
+    out_channels = weight.shape[0]
+    grad_out = CompressedSpectrum._trusted(
+        grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
+    )
+    grad_out = backend.operand(grad_out)  # converted once, read by every product below
+    grad_sources, grad_kernels, start = [], [], 0
+    for index, (source, mask, offset, channels, shift) in enumerate(
+        zip(inputs, masks, offsets, cfg.channels, cfg.shifts)
+    ):
+        spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
+        if mask is not None or needs[0]:
+            spectrum_in = _layer_input(source, mask, offset, cfg.batch, channels, cfg.grid, real)
+        part = weight[:, start : start + channels].to(real)
+        start += channels
+        grad_source = source.new_empty(0)
+        if needs[2 + index]:
+            kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
+            if mask is None:
+                grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
+                grad_source = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
+            else:
+                grad_source = backend.product_input_grad(grad_out, kernel, spectrum_in)
+            grad_source = grad_source.to(source.dtype)
+        grad_sources.append(grad_source)
+        if needs[0]:
+            grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
+            grad_kernels.append(transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift))
+    grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype) if needs[0] else weight.new_empty(0)
+    grad_bias = weight.new_empty(0)
+    if needs[1]:
+        grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
+        grad_bias = grad_bias.to(weight.dtype)
+    return [grad_weight, grad_bias, *grad_sources]
+
+
+@layer_backward.register_fake
+def _(grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
+      channels, shifts, beta, activation, value_dtype, density, needs):  # fmt: skip
+    likes = [weight, weight.new_empty(weight.shape[0]), *inputs]
+    return [torch.empty_like(like) if need else like.new_empty(0) for like, need in zip(likes, needs)]
+
+
+# ---------------------------------------------------------------------------------------
+# spectriton::output and spectriton::output_backward
+
+
+def geometry_args(geom: BlockGeometry) -> list[int]:
+    """A block geometry as the output ops' ``geometry`` argument."""
+    return [*geom.size, *geom.grid, *geom.offset, *geom.full, *geom.stride]
+
+
+def _geometry(args: list[int]) -> BlockGeometry:
+    pairs = [tuple(args[i : i + 2]) for i in range(0, 10, 2)]
+    return BlockGeometry(*pairs)
+
+
+def _real(values: Tensor) -> torch.dtype:
+    return torch.float64 if values.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("spectriton::output", mutates_args=())
+def output(
+    values: Tensor,
+    mask: Tensor,
+    offsets: Tensor,
+    batch: int,
+    channels: int,
+    geometry: list[int],
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> Tensor:
+    """Compressed spectrum -> spatial output ``(batch, channels, *out)`` in ``dtype``: inverse
+    FFT, circular crop, stride (laid out channels-last when asked)."""
+    geom = _geometry(geometry)
+    spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with annotate("output.forward"):
+        return transforms.to_space(ops(values.device).unpack(spectrum), geom, fmt).to(dtype)
+
+
+@output.register_fake
+def _(values, mask, offsets, batch, channels, geometry, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = _geometry(geometry).out
+    return torch.empty(batch, channels, *out, dtype=dtype, device=values.device, memory_format=fmt)
+
+
+def _setup_output(ctx, inputs, output) -> None:
+    values, mask, _offsets, batch, channels, geometry, _dtype, _channels_last = inputs
+    ctx.save_for_backward(mask)
+    ctx.nnz, ctx.real, ctx.shape = values.shape[0], _real(values), (batch, channels, geometry)
+
+
+def _output_grad(ctx, grad_y):
+    (mask,) = ctx.saved_tensors
+    grad_values = output_backward(grad_y, mask, ctx.nnz, *ctx.shape, ctx.real)
+    return grad_values, None, None, None, None, None, None, None
+
+
+output.register_autograd(_output_grad, setup_context=_setup_output)
+
+
+@torch.library.custom_op("spectriton::output_backward", mutates_args=())
+def output_backward(
+    grad_y: Tensor, mask: Tensor, nnz: int, batch: int, channels: int, geometry: list[int], real: torch.dtype
+) -> Tensor:
+    """Gradient of :func:`output` with respect to the packed values ``(nnz, 2)``."""
+    with annotate("output.backward"):
+        grad_spectrum = transforms.to_space_adjoint(grad_y.to(real), _geometry(geometry))
+        return ops(mask.device).pack(grad_spectrum, mask, nnz)
+
+
+@output_backward.register_fake
+def _(grad_y, mask, nnz, batch, channels, geometry, real):
+    return grad_y.new_empty(nnz, 2, dtype=real)

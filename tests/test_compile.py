@@ -1,0 +1,108 @@
+"""torch.compile: the spectral ops are torch.library custom ops, so a spectral model is
+captured as one graph (fullgraph=True) and gives the eager results (issue 17, class 10)."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spectriton as st
+from spectriton import custom_ops, models
+from spectriton.functional import SpectralFlow, spectral_layer
+from spectriton.geometry import LayerShape
+
+
+def _layer_args(compressed_source: bool, density=None):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    shapes = [LayerShape((3, 3), (1, 1), (1, 1))] * 2
+    flow = SpectralFlow.start(x, shapes)
+    grid, size = list(flow.geom.grid), list(flow.geom.size)
+    if compressed_source:  # the second layer of a block reads the first one's output
+        flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
+    sources = ([flow.values], [flow.mask], [flow.offsets])
+    return (weight, bias, *sources, grid, size, 2, [3], [0, 0], 0.5, True, None, density, None)
+
+
+@pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
+@pytest.mark.parametrize("density", [None, 0.2], ids=["beta", "density"])
+def test_layer_op_passes_opcheck(compressed_source, density):
+    """Schema, fake implementation (data-dependent nnz), autograd registration and AOT
+    dispatch with dynamic shapes agree with the real op."""
+    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, density))
+
+
+def test_output_op_passes_opcheck():
+    args = _layer_args(True)
+    values, mask, offsets, _ = custom_ops.layer(*args)
+    values = values.detach().requires_grad_()
+    geometry = [8, 8, 10, 10, 2, 2, 8, 8, 1, 1]  # size, grid, offset, full, stride
+    torch.library.opcheck(custom_ops.output, (values, mask, offsets, 2, 4, geometry, torch.float32, False))
+
+
+def _train_step(model, x, y):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    module = getattr(model, "_orig_mod", model)  # what torch.compile wraps
+    return loss.detach(), {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+
+
+def _compare_compiled(model, x, y, backend="aot_eager", steps=1):
+    """Train ``model`` compiled (fullgraph) and a copy eagerly; losses, gradients and buffers
+    must agree at every step."""
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (model, eager)]
+    for _ in range(steps):
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss, grads = _train_step(compiled, x, y)
+        loss_ref, grads_ref = _train_step(eager, x, y)
+        torch.testing.assert_close(loss, loss_ref)
+        assert grads.keys() == grads_ref.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-6, rtol=1e-5, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+    for (name, a), b in zip(model.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, equal_nan=True, msg=name)
+    return compiled, eager
+
+
+def _batch(size=28, channels=1, n=8):
+    torch.manual_seed(1)
+    return torch.randn(n, channels, size, size), torch.randint(0, 10, (n,))
+
+
+def test_speclenet_training_step_compiles_whole_in_beta_mode():
+    torch.manual_seed(0)
+    _compare_compiled(models.lenet5(spectral=True, beta=0.5), *_batch(), steps=2)
+
+
+def test_speclenet_in_density_mode_compiles_whole_in_train_and_eval():
+    """The quantile runs inside the op: a density budget breaks no graph either, and the
+    running threshold it calibrates is the same as eager's."""
+    torch.manual_seed(0)
+    model = models.lenet5(spectral=True, density=0.2)
+    x, y = _batch()
+    compiled, eager = _compare_compiled(model, x, y, steps=2)
+    compiled.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x))
+
+
+def test_converted_model_training_step_compiles_whole():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = st.convert(torchvision.models.resnet18(num_classes=10))
+    _compare_compiled(model, *_batch(32, 3, 4))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="inductor needs a C compiler on CPU")
+def test_speclenet_compiles_with_inductor():
+    torch.manual_seed(0)
+    _compare_compiled(models.lenet5(spectral=True), *_batch(), backend="inductor")
