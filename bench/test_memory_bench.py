@@ -1,10 +1,13 @@
 """Memory of a training step: the spatial model, the Spec model, and the anchors a user
 would pick instead (``torch.utils.checkpoint``, ``torch.autograd.graph.save_on_cpu``).
 
-Saved bytes are what the saved-tensor hooks see kept outside the wrappers' own hooks:
-checkpointing keeps its segment boundaries; ``save_on_cpu`` keeps everything in host
-memory, so it shows 0 (on a CPU run that host memory is the same memory, which is why on
-CUDA the peak of a step and the largest batch that fits 8 GiB are the figures to read).
+Forms: ``spatial``, ``spec``, ``checkpoint`` (the spatial model with
+``torch.utils.checkpoint`` around each block, :func:`spectriton.checkpointing.checkpoint_blocks`),
+``spec+checkpoint`` (the Spec model under the same checkpointing) and ``save_on_cpu``.
+Saved bytes are what the saved-tensor hooks see: a checkpointed block keeps its input;
+``save_on_cpu`` keeps everything in host memory, so it shows 0 (on a CPU run that host
+memory is the same memory, which is why on CUDA the peak of a step and the largest batch
+that fits 8 GiB are the figures to read).
 """
 
 from __future__ import annotations
@@ -13,24 +16,12 @@ import pytest
 import torch
 from conftest import DEVICE, record, run
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 
 from spectriton import models
+from spectriton.checkpointing import checkpoint_blocks
 from spectriton.memory import largest_batch, peak_step_bytes, saved_bytes
 
 BUDGET = 8 * 2**30
-
-
-class _Checkpointed(nn.Module):
-    """The spatial model with its features recomputed in backward (2 segments)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        features = checkpoint_sequential(self.model.features, 2, x, use_reentrant=False)
-        return self.model.classifier(features)
 
 
 class _Offloaded(nn.Module):
@@ -47,12 +38,12 @@ class _Offloaded(nn.Module):
 
 def _variant(name: str, variant: str) -> nn.Module:
     torch.manual_seed(0)
-    model = models.build(name, spectral=variant == "spec")
-    wrap = {"checkpoint": _Checkpointed, "save_on_cpu": _Offloaded}.get(variant)
-    return (wrap(model) if wrap else model).to(DEVICE)
+    model = models.build(name, spectral=variant.startswith("spec"))
+    wrap = {"checkpoint": checkpoint_blocks, "spec+checkpoint": checkpoint_blocks, "save_on_cpu": _Offloaded}
+    return (wrap[variant](model) if variant in wrap else model).to(DEVICE)
 
 
-@pytest.mark.parametrize("variant", ["spatial", "spec", "checkpoint", "save_on_cpu"])
+@pytest.mark.parametrize("variant", ["spatial", "spec", "checkpoint", "spec+checkpoint", "save_on_cpu"])
 @pytest.mark.parametrize("name", models.MODELS)
 def test_memory_of_a_training_step(benchmark, quick, name, variant):
     if quick and name not in ("lenet5", "vgg16"):

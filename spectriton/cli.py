@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--betas", type=_betas, default=[0.5, 0.7, 1.0], help="e.g. 0.5,0.7,1.0")
     compare.add_argument("--density", type=_densities, default=[0.1], help="e.g. 0.05,0.1 (budget mode)")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"))
+    compare.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="leave out the checkpoint and spec+checkpoint forms (torch.utils.checkpoint per block)",
+    )
 
     memory = commands.add_parser("memory", help="per-layer saved bytes of both forms")
     memory.add_argument(
@@ -255,10 +260,12 @@ def _compare(args) -> None:
             stale.unlink(missing_ok=True)
     data = _data_errors(lambda: experiment.load_data(settings))
     rows = _resume_errors(
-        lambda: experiment.compare(settings, args.betas, args.density, out, args.resume, data)
+        lambda: experiment.compare(
+            settings, args.betas, args.density, out, args.resume, data, checkpoint=not args.no_checkpoint
+        )
     )
     print(experiment.results_table(rows))
-    names = [experiment.RESULTS, "results.csv", "figure3.png", "figure4.png"]
+    names = [experiment.RESULTS, "results.csv", "figure3.png", "figure4.png", "tradeoff.png"]
     print("wrote " + ", ".join(str(out / name) for name in names))
 
 

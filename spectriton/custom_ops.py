@@ -29,6 +29,7 @@ from spectriton.backend import ops
 from spectriton.compressed import CompressedSpectrum, mask_words, unpack_bits
 from spectriton.geometry import BlockGeometry
 from spectriton.nvtx import annotate
+from spectriton.pooling import window_values
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,16 @@ def layer(
     value_dtype: Optional[torch.dtype],
     density: Optional[float],
     running: Optional[Tensor],
+    rebuild: list[Tensor],
+    rebuild_args: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One layer on the spectral grid; returns ``(values, mask, offsets, threshold)``.
 
     Each source is ``(inputs[s], masks[s], offsets[s])``: a spatial batch (mask None) or an
     earlier layer's compressed output. ``running``, when given and calibrated (not NaN),
     is the threshold to use instead of the density budget's quantile (eval mode).
+    ``rebuild`` and ``rebuild_args``, when not empty, are the recipe of the spatial source
+    ``inputs[0]`` (:mod:`spectriton.provenance`): backward keeps them instead of it.
     """
     cfg = _config(weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density)
     if running is not None:
@@ -207,7 +212,7 @@ def layer(
 
 @layer.register_fake
 def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
-      value_dtype, density, running):  # fmt: skip
+      value_dtype, density, running, rebuild, rebuild_args):  # fmt: skip
     out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
     nnz = torch.library.get_ctx().new_dynamic_size()
     real = _compute_dtype(weight, *inputs)
@@ -222,29 +227,37 @@ def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts,
 
 
 def _setup_layer(ctx, inputs, output) -> None:
-    weight, bias, sources, masks, offsets, *config, _running = inputs
+    weight, bias, sources, masks, offsets, *config, _running, rebuild, rebuild_args = inputs
     values, mask, out_offsets, _ = output
     ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
+    ctx.rebuild = (len(rebuild), rebuild_args, sources[0].dtype)
+    if rebuild:
+        sources = [None, *sources[1:]]  # kept as its recipe
     keep = values if config[6] else None  # split tanh's derivative reads the values
-    ctx.save_for_backward(weight, keep, mask, out_offsets, *sources, *masks, *offsets)
+    ctx.save_for_backward(weight, keep, mask, out_offsets, *sources, *masks, *offsets, *rebuild)
 
 
 def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold):
     weight, values, mask, out_offsets, *saved = ctx.saved_tensors
-    count = ctx.sources
-    sources, masks, offsets = saved[:count], saved[count : 2 * count], saved[2 * count :]
+    count, (recipe, rebuild_args, dtype) = ctx.sources, ctx.rebuild
+    sources, masks = saved[:count], saved[count : 2 * count]
+    offsets, rebuild = saved[2 * count : 3 * count], saved[3 * count :]
+    if recipe:
+        sources[0] = rebuild_input(rebuild, rebuild_args, dtype)
     wanted = ctx.needs_input_grad
     needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2]]
     grads = layer_backward(
         grad_values, weight, values, mask, out_offsets, sources, masks, offsets, *ctx.config, needs
     )
     grads = [g if need else None for g, need in zip(grads, needs)]
-    return grads[0], grads[1], grads[2:], _no_grads(masks), _no_grads(offsets), *[None] * 10
+    config = [None] * 10  # grid ... running
+    rest = [_no_grads(masks), _no_grads(offsets), *config, _no_grads(rebuild), _no_grads(rebuild_args)]
+    return grads[0], grads[1], grads[2:], *rest
 
 
 def _no_grads(items: list) -> list | None:
     """The gradient of a non-differentiable list argument, shaped as autograd flattened it:
-    a list of Nones for a list of tensors, one None for a list holding a None."""
+    a list of Nones for a list of tensors (or an empty list), one None for any other list."""
     return [None] * len(items) if all(isinstance(t, Tensor) for t in items) else None
 
 
@@ -359,9 +372,15 @@ def output(
     geometry: list[int],
     dtype: torch.dtype,
     channels_last: bool,
+    keep_values: bool,
 ) -> Tensor:
     """Compressed spectrum -> spatial output ``(batch, channels, *out)`` in ``dtype``: inverse
-    FFT, circular crop, stride (laid out channels-last when asked)."""
+    FFT, circular crop, stride (laid out channels-last when asked).
+
+    Backward needs only the mask. With ``keep_values`` (set where a split tanh layer keeps
+    the values anyway: the same storage, counted once) the op keeps the values and offsets
+    too, so that a later block can rebuild this output from them (:mod:`spectriton.provenance`).
+    """
     geom = _geometry(geometry)
     spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -369,23 +388,40 @@ def output(
         return transforms.to_space(ops(values.device).unpack(spectrum), geom, fmt).to(dtype)
 
 
+def mark_nonfinite(y: Tensor, nonfinite: Tensor) -> Tensor:
+    """``y`` with the samples where ``nonfinite`` is set made NaN (an addition: nothing is
+    saved for it)."""
+    return y + torch.where(nonfinite, float("nan"), 0.0).to(y.dtype).view(-1, 1, 1, 1)
+
+
+def rebuild_input(tensors: list[Tensor], args: list[int], dtype: torch.dtype) -> Tensor:
+    """A block input again from its recipe (:class:`spectriton.provenance.Recipe`): the
+    earlier block's output, NaN where that block's input was not finite, max-pooled by
+    window index when a pool followed. Bitwise the tensor the forward read."""
+    values, mask, offsets, nonfinite, *index = tensors
+    batch, channels, *geometry, channels_last, kh, kw = args
+    y = output(values, mask, offsets, batch, channels, geometry, dtype, bool(channels_last), False)
+    y = mark_nonfinite(y, nonfinite)
+    return window_values(y, index[0], (kh, kw)) if index else y
+
+
 @output.register_fake
-def _(values, mask, offsets, batch, channels, geometry, dtype, channels_last):
+def _(values, mask, offsets, batch, channels, geometry, dtype, channels_last, keep_values):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = _geometry(geometry).out
     return torch.empty(batch, channels, *out, dtype=dtype, device=values.device, memory_format=fmt)
 
 
 def _setup_output(ctx, inputs, output) -> None:
-    values, mask, _offsets, batch, channels, geometry, _dtype, _channels_last = inputs
-    ctx.save_for_backward(mask)
+    values, mask, offsets, batch, channels, geometry, _dtype, _channels_last, keep_values = inputs
+    ctx.save_for_backward(mask, *([values, offsets] if keep_values else []))
     ctx.nnz, ctx.real, ctx.shape = values.shape[0], _real(values), (batch, channels, geometry)
 
 
 def _output_grad(ctx, grad_y):
-    (mask,) = ctx.saved_tensors
+    mask = ctx.saved_tensors[0]
     grad_values = output_backward(grad_y, mask, ctx.nnz, *ctx.shape, ctx.real)
-    return grad_values, None, None, None, None, None, None, None
+    return grad_values, None, None, None, None, None, None, None, None
 
 
 output.register_autograd(_output_grad, setup_context=_setup_output)

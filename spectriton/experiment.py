@@ -14,7 +14,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,14 +22,15 @@ from torch import nn
 from tqdm import tqdm
 
 from spectriton import datasets, models
+from spectriton.checkpointing import checkpoint_blocks
 from spectriton.conv import SpectralConv2d
 from spectriton.memory import largest_batch, peak_step_bytes, saved_bytes
 
 RESULTS = "results.json"
 CSV_COLUMNS = [
-    "model", "spectral", "beta", "density", "accuracy", "saved_bytes", "relative_memory",
-    "epoch_time", "epochs", "min_layer_density", "peak_bytes", "largest_batch", "dataset", "train_size",
-    "test_size", "device",
+    "model", "spectral", "checkpoint", "beta", "density", "accuracy", "saved_bytes", "relative_memory",
+    "epoch_time", "relative_time", "epochs", "min_layer_density", "peak_bytes", "largest_batch", "dataset",
+    "train_size", "test_size", "device",
 ]  # fmt: skip
 
 
@@ -82,17 +83,20 @@ def _check_same_settings(saved: dict, settings: Settings, where: Path, free: tup
 
 @dataclass(frozen=True)
 class Form:
-    """One model form of a comparison: spatial, or Spec at a beta or a density."""
+    """One model form of a comparison: spatial, or Spec at a beta or a density; either with
+    ``torch.utils.checkpoint`` around each block when ``checkpoint`` is set."""
 
     spectral: bool
     beta: float | None = None
     density: float | None = None
+    checkpoint: bool = False
 
     @property
     def name(self) -> str:
         if not self.spectral:
-            return "spatial"
-        return f"spec-beta{self.beta}" if self.density is None else f"spec-density{self.density}"
+            return "checkpoint" if self.checkpoint else "spatial"
+        budget = f"beta{self.beta}" if self.density is None else f"density{self.density}"
+        return f"spec+checkpoint-{budget}" if self.checkpoint else f"spec-{budget}"
 
 
 @dataclass
@@ -129,7 +133,8 @@ def build_model(settings: Settings, form: Form, channels: int) -> nn.Module:
     if form.spectral:
         options["value_dtype"] = getattr(torch, settings.value_dtype) if settings.value_dtype else None
         options.update(density=form.density) if form.density is not None else options.update(beta=form.beta)
-    return models.build(settings.model, **options)
+    model = models.build(settings.model, **options)
+    return checkpoint_blocks(model) if form.checkpoint else model
 
 
 def evaluate(model: nn.Module, dataset, settings: Settings) -> float:
@@ -223,12 +228,14 @@ def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | Non
     return {
         "model": settings.model,
         "spectral": form.spectral,
+        "checkpoint": form.checkpoint,
         "beta": form.beta,
         "density": form.density,
         "accuracy": last["test_accuracy"],
         "saved_bytes": last["saved_bytes"],
         "relative_memory": None,
         "epoch_time": sum(h["epoch_time"] for h in history) / len(history),
+        "relative_time": None,
         "epochs": len(history),
         "min_layer_density": min(densities) if densities else None,
         "peak_bytes": peak,
@@ -264,9 +271,15 @@ def _train_epoch(model, optimizer, data: Data, settings: Settings, epoch: int, l
     return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1)
 
 
-def forms(betas: list[float], densities: list[float]) -> list[Form]:
-    """The spatial original, then Spec at each beta and each density."""
-    return [Form(False)] + [Form(True, beta=b) for b in betas] + [Form(True, density=d) for d in densities]
+def forms(betas: list[float], densities: list[float], checkpoint: bool = True) -> list[Form]:
+    """The spatial original, then Spec at each beta and each density. With ``checkpoint``,
+    also the original with each block checkpointed (right after it), and Spec under the
+    same checkpointing at the last budget (density if any, else beta) last."""
+    spec = [Form(True, beta=b) for b in betas] + [Form(True, density=d) for d in densities]
+    if not checkpoint:
+        return [Form(False), *spec]
+    last = [replace(spec[-1], checkpoint=True)] if spec else []
+    return [Form(False), Form(False, checkpoint=True), *spec, *last]
 
 
 def compare(
@@ -276,10 +289,12 @@ def compare(
     out: Path,
     resume: bool = False,
     data: Data | None = None,
+    checkpoint: bool = True,
 ) -> list[dict]:
-    """Train every form on the same data and budget; write results.json, results.csv and
-    the two figures under ``out``; return the rows. ``data`` defaults to ``load_data(settings)``;
-    with ``resume``, rows already in ``out/results.json`` are kept and not trained again."""
+    """Train every form (:func:`forms`) on the same data and budget; write results.json,
+    results.csv and the three figures under ``out``; return the rows. ``data`` defaults to
+    ``load_data(settings)``; with ``resume``, rows already in ``out/results.json`` are kept
+    and not trained again."""
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
     done = {}
@@ -295,7 +310,7 @@ def compare(
         _check_same_settings(saved.get("settings", {}), settings, results)
     data = data or load_data(settings)
     rows = []
-    for form in forms(betas, densities):
+    for form in forms(betas, densities, checkpoint):
         if form.name in done:
             rows.append(done[form.name])
             continue
@@ -311,9 +326,17 @@ def compare(
 
 
 def _relative(rows: list[dict]) -> list[dict]:
-    spatial = next((r for r in rows if not r["spectral"]), None)
-    base = spatial["saved_bytes"] if spatial else math.nan
-    return [{**r, "relative_memory": r["saved_bytes"] / base if base else None} for r in rows]
+    """Memory and step time relative to the spatial original's."""
+    spatial = next((r for r in rows if not r["spectral"] and not r.get("checkpoint")), None)
+    memory, time = (spatial["saved_bytes"], spatial["epoch_time"]) if spatial else (math.nan, math.nan)
+    return [
+        {
+            **r,
+            "relative_memory": r["saved_bytes"] / memory if memory else None,
+            "relative_time": r["epoch_time"] / time if time else None,
+        }
+        for r in rows
+    ]
 
 
 def _write(out: Path, settings: Settings, rows: list[dict]) -> None:
@@ -328,14 +351,14 @@ def results_table(rows: list[dict]) -> str:
     """The comparison as a plain-text table."""
     header = (
         f"{'form':<22} {'accuracy %':>10} {'saved B/sample':>15} {'relative':>8} "
-        f"{'min layer kept':>14} {'s/epoch':>8}"
+        f"{'min layer kept':>14} {'s/epoch':>8} {'time x':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         kept = "" if r["min_layer_density"] is None else f"{r['min_layer_density']:.3f}"
         lines.append(
             f"{r['form']:<22} {r['accuracy']:>10.2f} {r['saved_bytes']:>15,.0f} {r['relative_memory']:>8.3f} "
-            f"{kept:>14} {r['epoch_time']:>8.1f}"
+            f"{kept:>14} {r['epoch_time']:>8.1f} {r['relative_time']:>6.2f}"
         )
         if r.get("peak_bytes") is not None:
             lines[-1] += f"  peak {r['peak_bytes'] / 2**20:.1f} MiB, largest batch {r['largest_batch']}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spectriton import _checks, custom_ops
+from spectriton import _checks, custom_ops, provenance
 from spectriton.custom_ops import LayerConfig
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 
@@ -45,6 +45,8 @@ class SpectralFlow:
     beta: torch.Tensor | None = None
     memory_format: torch.memory_format = torch.contiguous_format
     nonfinite: torch.Tensor | None = None
+    recipe: provenance.Recipe | None = None
+    keeps_values: bool = False
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
@@ -54,9 +56,10 @@ class SpectralFlow:
         # which samples hold a NaN or Inf: their outputs are made NaN, since split tanh would
         # saturate an infinite spectral entry to a finite one
         nonfinite = ~torch.isfinite(x.detach()).flatten(1).all(1)
+        recipe = provenance.lookup(x)  # an earlier block's output: keep its recipe instead
         return cls(
             x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype,
-            memory_format=memory_format, nonfinite=nonfinite,
+            memory_format=memory_format, nonfinite=nonfinite, recipe=recipe,
         )  # fmt: skip
 
     @property
@@ -104,13 +107,15 @@ def spectral_layer(
         ),
         density=density,
     )
+    rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
+    rebuild_args = list(first.recipe.args) if rebuild else []
     values, mask, offsets, used = custom_ops.layer(
         weight, bias, [s.values for s in sources], [s.mask for s in sources], [s.offsets for s in sources],
-        *cfg.op_args(), running,
+        *cfg.op_args(), running, rebuild or [], rebuild_args,
     )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
-        first.memory_format, first.nonfinite,
+        first.memory_format, first.nonfinite, keeps_values=cfg.activation,
     )  # fmt: skip
 
 
@@ -125,14 +130,18 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     if dtype == torch.float32 and torch.is_autocast_enabled(device):  # as nn.Conv2d under autocast
         dtype = torch.get_autocast_dtype(device)
     channels_last = flow.memory_format == torch.channels_last
+    geometry = custom_ops.geometry_args(geom)
     y = custom_ops.output(
-        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, custom_ops.geometry_args(geom),
-        dtype, channels_last,
+        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geometry, dtype, channels_last,
+        flow.keeps_values,
     )  # fmt: skip
     if flow.nonfinite is None:
         return y
-    # NaN where the sample's input was not finite: an addition, so nothing more is saved
-    return y + torch.where(flow.nonfinite, float("nan"), 0.0).to(y.dtype).view(-1, 1, 1, 1)
+    y = custom_ops.mark_nonfinite(y, flow.nonfinite)  # split tanh saturates an infinite entry
+    if flow.keeps_values and torch.is_grad_enabled():  # the next block may keep this recipe instead of y
+        args = (flow.batch, flow.channels, *geometry, int(channels_last))
+        provenance.record(y, provenance.Recipe.of(flow.values, flow.mask, flow.offsets, flow.nonfinite, args))
+    return y
 
 
 def empty_output(x: torch.Tensor, parameters: Sequence[torch.Tensor], channels: int, size) -> torch.Tensor:

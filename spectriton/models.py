@@ -134,7 +134,7 @@ def vgg16(
     return _network(features, _mlp([channels * 4 * 4, 512, num_classes]))
 
 
-class _DenseLayer(nn.Module):
+class DenseLayer(nn.Module):
     """Spatial DenseNet-B layer as Table 1 lists it: 1x1 conv (4 x growth), BN, ReLU,
     3x3 conv (growth), BN, ReLU; its output is concatenated to its input."""
 
@@ -187,7 +187,7 @@ def densenet(
     else:
         features = [nn.Conv2d(in_channels, stem, 3, padding=1), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
         features.append(nn.MaxPool2d(2))
-        features += [_DenseLayer(stem + i * growth, growth) for i in range(layers)]
+        features += [DenseLayer(stem + i * growth, growth) for i in range(layers)]
     features.append(nn.AdaptiveAvgPool2d(1))
     return _network(features, [nn.Linear(stem + layers * growth, num_classes)])
 

@@ -1,5 +1,6 @@
-"""The comparison's figures: the paper's Figure 3 (memory and accuracy against beta) and
-Figure 4 (memory over the epochs of training)."""
+"""The comparison's figures: the paper's Figure 3 (memory and accuracy against beta),
+Figure 4 (memory over the epochs of training), and the plane users choose in: memory
+against step time for every form, checkpointing included."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ from pathlib import Path
 
 
 def plot_comparison(rows: list[dict], out: Path) -> list[Path]:
-    """Write ``figure3.png`` and ``figure4.png`` under ``out``; returns their paths."""
+    """Write ``figure3.png``, ``figure4.png`` and ``tradeoff.png`` under ``out``; returns
+    their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    spatial = next(r for r in rows if not r["spectral"])
-    by_beta = sorted((r for r in rows if r["spectral"] and r["density"] is None), key=lambda r: r["beta"])
-    by_density = [r for r in rows if r["density"] is not None]
+    spatial = next(r for r in rows if not r["spectral"] and not r.get("checkpoint"))
+    spec = [r for r in rows if r["spectral"] and not r.get("checkpoint")]
+    by_beta = sorted((r for r in spec if r["density"] is None), key=lambda r: r["beta"])
+    by_density = [r for r in spec if r["density"] is not None]
     title = f"{spatial['model']} on {spatial['dataset']}, {spatial['epochs']} epochs"
 
     fig, (mem, acc) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -51,4 +54,22 @@ def plot_comparison(rows: list[dict], out: Path) -> list[Path]:
     figure4 = out / "figure4.png"
     fig.savefig(figure4, dpi=120)
     plt.close(fig)
-    return [figure3, figure4]
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for r in rows:
+        time, memory = r.get("relative_time"), r["relative_memory"]
+        if time is None:
+            continue
+        marker = "s" if r.get("checkpoint") else ("o" if r["spectral"] else "D")
+        ax.plot(time, memory, marker, ms=7, label=f"{r['form']} ({r['accuracy']:.1f} %)")
+    ax.set(xlabel="step time / spatial", ylabel="saved bytes / spatial")
+    ax.set_title(f"memory against time ({title})")
+    ax.set_ylim(bottom=0)
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    tradeoff = out / "tradeoff.png"
+    fig.savefig(tradeoff, dpi=120)
+    plt.close(fig)
+    return [figure3, figure4, tradeoff]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectriton import _checks
+from spectriton import _checks, provenance
 from spectriton.nvtx import ranged
 
 
@@ -17,17 +17,28 @@ def _windows(x: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, k[0] * k[1])
 
 
+def window_values(x: torch.Tensor, index: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """The pooled map again: each window's entry at ``index`` (what the forward's max read)."""
+    return _windows(x, kernel).gather(-1, index.long().unsqueeze(-1)).squeeze(-1)
+
+
+def window_index(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """The uint8 position of each non-overlapping window's maximum (the first one on ties,
+    NaN counting as largest, as ``nn.MaxPool2d``)."""
+    with torch.no_grad():
+        return _windows(x, kernel).argmax(-1).to(torch.uint8)
+
+
 class CompactMaxPoolFunction(torch.autograd.Function):
-    """Non-overlapping max pooling; saves a uint8 window index per output, nothing else."""
+    """Max pooling at a given window index (:func:`window_index`); saves that index, a
+    uint8 per output, and nothing else."""
 
     @staticmethod
     @ranged("pool.forward")
-    def forward(ctx, x: torch.Tensor, kernel: tuple[int, int]):
-        values, index = _windows(x, kernel).max(-1)
-        index = index.to(torch.uint8)
-        ctx.save_for_backward(index)
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, kernel: tuple[int, int]):
+        ctx.save_for_backward(index)  # an input: the same tensor a recipe refers to
         ctx.kernel, ctx.size = kernel, x.shape[-2:]
-        return values
+        return window_values(x, index, kernel).clone()  # not a view: may be modified in place
 
     @staticmethod
     @ranged("pool.backward")
@@ -38,14 +49,16 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         windows = grad.new_zeros(n, c, ho, wo, kh * kw)
         windows.scatter_(-1, index.long().unsqueeze(-1), grad.unsqueeze(-1))
         windows = windows.view(n, c, ho, wo, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(n, c, ho * kh, wo * kw)
-        return nn.functional.pad(windows, (0, w - wo * kw, 0, h - ho * kh)), None
+        return nn.functional.pad(windows, (0, w - wo * kw, 0, h - ho * kh)), None, None
 
 
 class CompactMaxPool2d(nn.Module):
     """Drop-in for ``nn.MaxPool2d(k)`` (stride = kernel, no padding, floor mode).
 
     Same output and gradient as ``nn.MaxPool2d``; for backward it keeps a 1-byte window
-    index per output instead of the input and an int64 index.
+    index per output instead of the input and an int64 index. After a spectral block, its
+    output's recipe (:mod:`spectriton.provenance`) is the block's plus that index, so the
+    next block need not keep it.
     """
 
     def __init__(
@@ -64,7 +77,12 @@ class CompactMaxPool2d(nn.Module):
             raise ValueError(
                 f"input of size {tuple(x.shape[-2:])} is smaller than kernel_size {self.kernel_size}"
             )
-        return CompactMaxPoolFunction.apply(x, self.kernel_size)
+        recipe = provenance.lookup(x)
+        index = window_index(x, self.kernel_size)
+        values = CompactMaxPoolFunction.apply(x, index, self.kernel_size)
+        if recipe is not None and recipe.pool == (0, 0):  # a block's output: the pool extends its recipe
+            provenance.record(values, recipe.pooled(index, self.kernel_size))
+        return values
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"

@@ -28,6 +28,9 @@ def _specnet(value_dtype):
             ),
         ),
         st.CompactMaxPool2d(2),
+        st.SpectralSequential(  # rebuilds its input from the first block's spectrum in backward
+            st.SpectralConv2d(4, 3, 3, padding=1, beta=0.5, activation="split_tanh", value_dtype=value_dtype)
+        ),
     )
 
 

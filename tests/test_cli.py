@@ -84,8 +84,11 @@ def test_compare_two_steps_on_the_sample(capsys, tmp_path):
     )
     assert status == 0, err
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["form"] for r in rows] == ["spatial", "spec-beta0.7", "spec-density0.2"]
+    forms = ["spatial", "checkpoint", "spec-beta0.7", "spec-density0.2", "spec+checkpoint-density0.2"]
+    assert [r["form"] for r in rows] == forms
     spatial = rows[0]
+    assert spatial["relative_time"] == 1.0 and all(r["relative_time"] > 0 for r in rows)
+    assert rows[1]["checkpoint"] and not rows[1]["spectral"] and rows[4]["checkpoint"] and rows[4]["spectral"]
     assert spatial["relative_memory"] == 1.0 and spatial["train_size"] == 128 and spatial["test_size"] == 64
     for row in rows:
         assert {
@@ -96,13 +99,15 @@ def test_compare_two_steps_on_the_sample(capsys, tmp_path):
             "saved_bytes",
             "relative_memory",
             "epoch_time",
+            "relative_time",
+            "checkpoint",
         } <= set(row)
         assert 0 <= row["accuracy"] <= 100 and row["saved_bytes"] > 0
     assert all(r["relative_memory"] < 1 for r in rows[1:])
-    assert rows[2]["min_layer_density"] > 0
-    for name in ("results.csv", "figure3.png", "figure4.png"):
+    assert rows[3]["min_layer_density"] > 0
+    for name in ("results.csv", "figure3.png", "figure4.png", "tradeoff.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert (tmp_path / "results.csv").read_text().count("\n") == 4
+    assert (tmp_path / "results.csv").read_text().count("\n") == 6
     assert "spec-density0.2" in out and "relative" in out
 
 
@@ -117,7 +122,7 @@ def test_interrupted_compare_resumes_without_losing_rows(capsys, tmp_path, monke
         return real_train_run(settings, form, data, checkpoint)
 
     monkeypatch.setattr(experiment, "train_run", interrupt_second_spec)
-    argv = ["compare", *TINY, "--betas", "0.7", "--density", "0.2", "--out", str(tmp_path)]
+    argv = ["compare", *TINY, "--betas", "0.7", "--density", "0.2", "--no-checkpoint", "--out", str(tmp_path)]
     status, _, err = run_cli(capsys, *argv)
     assert status == 130 and "--resume" in err
     finished = json.loads((tmp_path / "results.json").read_text())["rows"]

@@ -25,7 +25,7 @@ def _layer_args(compressed_source: bool, density=None):
     if compressed_source:  # the second layer of a block reads the first one's output
         flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
     sources = ([flow.values], [flow.mask], [flow.offsets])
-    return (weight, bias, *sources, grid, size, 2, [3], [0, 0], 0.5, True, None, density, None)
+    return (weight, bias, *sources, grid, size, 2, [3], [0, 0], 0.5, True, None, density, None, [], [])
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
@@ -41,7 +41,8 @@ def test_output_op_passes_opcheck():
     values, mask, offsets, _ = custom_ops.layer(*args)
     values = values.detach().requires_grad_()
     geometry = [8, 8, 10, 10, 2, 2, 8, 8, 1, 1]  # size, grid, offset, full, stride
-    torch.library.opcheck(custom_ops.output, (values, mask, offsets, 2, 4, geometry, torch.float32, False))
+    args = (values, mask, offsets, 2, 4, geometry, torch.float32, False, True)
+    torch.library.opcheck(custom_ops.output, args)
 
 
 def _train_step(model, x, y):

@@ -15,7 +15,7 @@ from spectriton import transforms
 from spectriton.activation import SplitTanhFunction
 from spectriton.functional import SpectralFlow, spectral_block, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape, block_geometry
-from spectriton.pooling import CompactMaxPoolFunction
+from spectriton.pooling import CompactMaxPool2d
 
 D = torch.float64
 
@@ -105,7 +105,7 @@ def test_dense_block_layer_with_two_sources():
 
 def test_compact_max_pool():
     x = torch.randn(2, 3, 7, 9, dtype=D, requires_grad=True)
-    assert gradcheck(lambda x: CompactMaxPoolFunction.apply(x, (2, 2)), (x,))
+    assert gradcheck(CompactMaxPool2d(2), (x,))
 
 
 def test_split_tanh():

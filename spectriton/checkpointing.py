@@ -1,0 +1,63 @@
+"""Activation checkpointing the usual way, as the baseline Spec is measured against.
+
+:func:`checkpoint_blocks` wraps each block of a zoo network (a stage up to its pool, or a
+dense layer) in ``torch.utils.checkpoint`` (non-reentrant): backward recomputes the block
+from its input, which is all the block keeps.
+
+A checkpoint keeps its input in its own frame, out of sight of saved-tensor hooks; the
+wrapper hands that input to autograd as well (the same tensor: no extra bytes), so that
+:func:`spectriton.memory.saved_bytes` counts what checkpointing really keeps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from spectriton.models import DenseLayer
+from spectriton.pooling import CompactMaxPool2d
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, CompactMaxPool2d)
+
+
+class _Keep(torch.autograd.Function):
+    """Identity on ``y`` that saves ``x`` (what the checkpoint keeps) for backward."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return y.clone()  # a new tensor, not a view: later layers may work in place
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class Checkpointed(nn.Module):
+    """``body`` under ``torch.utils.checkpoint``: keeps its input, recomputes the rest."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self.body(x)
+        return _Keep.apply(checkpoint(self.body, x, use_reentrant=False), x)
+
+
+def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:
+    """A zoo network (``features`` then ``classifier``) with each block of its features
+    checkpointed: the modules up to and including each pool, and each spatial dense layer
+    (with the pool that follows the last one). The parameters are shared, not copied."""
+    blocks, current = [], []
+    features = list(model.features)
+    for module, after in zip(features, [*features[1:], None]):
+        current.append(module)
+        if isinstance(module, _POOLS) or (isinstance(module, DenseLayer) and not isinstance(after, _POOLS)):
+            blocks.append(Checkpointed(nn.Sequential(*current)))
+            current = []
+    if current:
+        blocks.append(Checkpointed(nn.Sequential(*current)))
+    return nn.Sequential(nn.Sequential(*blocks), model.classifier)
