@@ -118,7 +118,7 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-train", type=_positive, help="train on a random subset of N images")
     parser.add_argument("--limit-test", type=_positive, help="test on a random subset of N images")
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--value-dtype", choices=("bfloat16", "float16"), help="store kept values in 4 bytes")
+    _value_dtype_argument(parser)
     parser.add_argument(
         "--memory-budget", type=_positive_float, default=8.0, help="GiB, for the largest batch (CUDA)"
     )
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one model, or 'all' for a one-line summary of each",
     )
     memory.add_argument("--batch", type=_positive, default=64)
+    _value_dtype_argument(memory)
     memory.add_argument("--beta", type=_single(_betas), default=0.7)
     memory.add_argument("--density", type=_single(_densities))
     memory.add_argument("--in-channels", type=_positive, default=1)
@@ -282,6 +283,15 @@ def _memory(args) -> None:
     print(compare_table(reports, baseline="spatial"))
 
 
+def _value_dtype_argument(parser) -> None:
+    parser.add_argument(
+        "--value-dtype",
+        choices=("bfloat16", "float16", "complex64"),
+        default="bfloat16",
+        help="how Spec forms store kept values (default bfloat16: 4 bytes; complex64: 8, full precision)",
+    )
+
+
 def _memory_reports(name: str, args) -> dict:
     """Saved bytes of both forms of one zoo model on a seeded random batch."""
     from spectriton._checks import DEFAULT_BETA
@@ -293,8 +303,9 @@ def _memory_reports(name: str, args) -> dict:
     beta = DEFAULT_BETA if args.density is not None else args.beta
     try:
         spec = models.build(
-            name, spectral=True, beta=beta, density=args.density, in_channels=args.in_channels
-        )
+            name, spectral=True, beta=beta, density=args.density, in_channels=args.in_channels,
+            value_dtype=getattr(torch, args.value_dtype),
+        )  # fmt: skip
     except ValueError as error:
         raise UsageError(str(error)) from None
     spatial = models.build(name, in_channels=args.in_channels)

@@ -88,9 +88,10 @@ def _options(model, beta, activation, density, filter_fn, value_dtype) -> _Optio
     if filter_fn is not None:
         _checks.function(filter_fn, "filter_fn", "filter_fn(module, qualified_name) -> bool")
     beta, density = _checks.beta_or_density(beta, density)
-    return _Options(
-        beta, density, _checks.activation(activation), _checks.value_dtype(value_dtype), filter_fn
-    )
+    activation = _checks.activation(activation)
+    if value_dtype is None and activation is not None:  # SpecNet mode: bfloat16 values by default
+        value_dtype = torch.bfloat16
+    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -437,8 +438,10 @@ def convert(
     """Swap spectral layers into ``model`` in place and return it (see the module doc).
 
     ``filter_fn(module, qualified_name) -> bool`` chooses which convolutions and pools to
-    swap. ``density`` replaces ``beta`` by a per-layer budget of kept entries. Parameters
-    are shared, not copied; device, dtype, training flag, buffers and the hooks of swapped
+    swap. ``density`` replaces ``beta`` by a per-layer budget of kept entries.
+    ``value_dtype`` None stores kept values as bfloat16 pairs in SpecNet mode and exactly in
+    linear mode (``torch.complex64`` asks for full precision in both). Parameters are
+    shared, not copied; device, dtype, training flag, buffers and the hooks of swapped
     modules are kept.
     """
     opts = _options(model, beta, activation, density, filter_fn, value_dtype)

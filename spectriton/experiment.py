@@ -51,7 +51,7 @@ class Settings:
     limit_train: int | None = None
     limit_test: int | None = None
     device: str = "cpu"
-    value_dtype: str | None = None
+    value_dtype: str | None = "bfloat16"
     memory_batch: int = 64
     memory_budget_gib: float = 8.0
     progress: bool = True
@@ -131,7 +131,7 @@ def _limit(dataset, limit: int | None, seed: int):
 def build_model(settings: Settings, form: Form, channels: int) -> nn.Module:
     options = dict(spectral=form.spectral, in_channels=channels, num_classes=10)
     if form.spectral:
-        options["value_dtype"] = getattr(torch, settings.value_dtype) if settings.value_dtype else None
+        options["value_dtype"] = getattr(torch, settings.value_dtype or "complex64")
         options.update(density=form.density) if form.density is not None else options.update(beta=form.beta)
     model = models.build(settings.model, **options)
     return checkpoint_blocks(model) if form.checkpoint else model

@@ -4,7 +4,9 @@ Every builder takes ``(spectral=False, beta=0.7, density=None, in_channels=1,
 num_classes=10)``. The spatial original uses ``nn.Conv2d``, ``nn.BatchNorm2d``,
 ``nn.ReLU`` and ``nn.MaxPool2d`` as PyTorch ships them; the Spec version has the same
 widths, one spectral block (one FFT in, one IFFT out) per resolution, split tanh and the
-compact pool, and no batch norm (the paper's Spec columns have none). Both are
+compact pool, and no batch norm (the paper's Spec columns have none); its kept spectral
+values are stored as bfloat16 pairs unless ``value_dtype=torch.complex64`` asks for full
+precision (README, Defaults, has the measurements behind this). Both are
 ``nn.Sequential(features, classifier)``, so memory tables read ``features.0.0`` etc.
 LeNet takes 28 x 28 inputs, the others 32 x 32.
 """
@@ -79,7 +81,7 @@ def lenet5(
     in_channels: int = 1,
     num_classes: int = 10,
     *,
-    value_dtype: torch.dtype | None = None,
+    value_dtype: torch.dtype | None = torch.bfloat16,
 ) -> nn.Sequential:
     """LeNet-5 (Table 3), 28 x 28 input: conv 6@5x5, pool, conv 16@5x5, pool, FC 120, 80.
 
@@ -98,7 +100,7 @@ def alexnet(
     in_channels: int = 1,
     num_classes: int = 10,
     *,
-    value_dtype: torch.dtype | None = None,
+    value_dtype: torch.dtype | None = torch.bfloat16,
 ) -> nn.Sequential:
     """AlexNet-style (Table 4), 32 x 32 input: 24@3x3, pool, 96@3x3, pool, 192, 192, 96
     @3x3 (with BN in the spatial form, as the table has), pool, FC 1024, 1024.
@@ -118,7 +120,7 @@ def vgg16(
     in_channels: int = 1,
     num_classes: int = 10,
     *,
-    value_dtype: torch.dtype | None = None,
+    value_dtype: torch.dtype | None = torch.bfloat16,
 ) -> nn.Sequential:
     """VGG-style (Table 5), 32 x 32 input: 64 x2, pool, 128 x2, pool, 256 x3, pool, FC 512;
     every spatial conv with BN.
@@ -162,7 +164,7 @@ def densenet(
     *,
     growth: int = 64,
     layers: int = 6,
-    value_dtype: torch.dtype | None = None,
+    value_dtype: torch.dtype | None = torch.bfloat16,
 ) -> nn.Sequential:
     """DenseNet-style (Table 1), 32 x 32 input: 3x3 conv (64, BN, ReLU), pool, one dense
     block of 6 layers, global average pool, FC.

@@ -1,4 +1,5 @@
-"""Max pooling whose backward keeps one byte per output: the index inside its window."""
+"""Max pooling whose backward keeps only the index of each window's maximum, bit-packed:
+2 bits per output for 2 x 2 windows, 4 bits up to 16 positions, 8 up to 256."""
 
 from __future__ import annotations
 
@@ -17,21 +18,46 @@ def _windows(x: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, k[0] * k[1])
 
 
-def window_values(x: torch.Tensor, index: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """The pooled map again: each window's entry at ``index`` (what the forward's max read)."""
-    return _windows(x, kernel).gather(-1, index.long().unsqueeze(-1)).squeeze(-1)
+def index_bits(kernel: tuple[int, int]) -> int:
+    """Bits per window index: 2 for up to 4 positions, 4 up to 16, 8 up to 256."""
+    positions = kernel[0] * kernel[1]
+    return 2 if positions <= 4 else 4 if positions <= 16 else 8
+
+
+def _shifts(bits: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
 
 
 def window_index(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """The uint8 position of each non-overlapping window's maximum (the first one on ties,
-    NaN counting as largest, as ``nn.MaxPool2d``)."""
+    """The position of each non-overlapping window's maximum (the first one on ties, NaN
+    counting as largest, as ``nn.MaxPool2d``), packed :func:`index_bits` to the position
+    in a flat uint8 tensor (low bits first)."""
     with torch.no_grad():
-        return _windows(x, kernel).argmax(-1).to(torch.uint8)
+        index = _windows(x, kernel).argmax(-1).to(torch.uint8).reshape(-1)
+        bits = index_bits(kernel)
+        per_byte = 8 // bits
+        index = torch.cat([index, index.new_zeros(-index.numel() % per_byte)]).view(-1, per_byte)
+        return (index << _shifts(bits, x.device)).sum(-1).to(torch.uint8)
+
+
+def _unpacked(packed: torch.Tensor, kernel: tuple[int, int], shape) -> torch.Tensor:
+    """:func:`window_index`'s positions as int64, shaped ``shape`` (the pooled map's)."""
+    bits = index_bits(kernel)
+    index = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & ((1 << bits) - 1)
+    return index.reshape(-1)[: shape.numel()].view(shape).long()
+
+
+def window_values(x: torch.Tensor, packed: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """The pooled map again: each window's entry at its packed index (what the forward's max
+    read)."""
+    windows = _windows(x, kernel)
+    index = _unpacked(packed, kernel, windows.shape[:-1])
+    return windows.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
 
 class CompactMaxPoolFunction(torch.autograd.Function):
-    """Max pooling at a given window index (:func:`window_index`); saves that index, a
-    uint8 per output, and nothing else."""
+    """Max pooling at given window positions (:func:`window_index`); saves those, packed,
+    and nothing else."""
 
     @staticmethod
     @ranged("pool.forward")
@@ -47,7 +73,7 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         (kh, kw), (h, w) = ctx.kernel, ctx.size
         n, c, ho, wo = grad.shape
         windows = grad.new_zeros(n, c, ho, wo, kh * kw)
-        windows.scatter_(-1, index.long().unsqueeze(-1), grad.unsqueeze(-1))
+        windows.scatter_(-1, _unpacked(index, ctx.kernel, grad.shape).unsqueeze(-1), grad.unsqueeze(-1))
         windows = windows.view(n, c, ho, wo, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(n, c, ho * kh, wo * kw)
         return nn.functional.pad(windows, (0, w - wo * kw, 0, h - ho * kh)), None, None
 
@@ -55,8 +81,9 @@ class CompactMaxPoolFunction(torch.autograd.Function):
 class CompactMaxPool2d(nn.Module):
     """Drop-in for ``nn.MaxPool2d(k)`` (stride = kernel, no padding, floor mode).
 
-    Same output and gradient as ``nn.MaxPool2d``; for backward it keeps a 1-byte window
-    index per output instead of the input and an int64 index. After a spectral block, its
+    Same output and gradient as ``nn.MaxPool2d``; for backward it keeps the position of
+    each window's maximum, 2 bits per output for 2 x 2 windows (see :func:`index_bits`),
+    instead of the input and an int64 index. After a spectral block, its
     output's recipe (:mod:`spectriton.provenance`) is the block's plus that index, so the
     next block need not keep it.
     """
@@ -67,7 +94,7 @@ class CompactMaxPool2d(nn.Module):
         super().__init__()
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
         if self.kernel_size[0] * self.kernel_size[1] > 256:
-            raise ValueError(f"kernel_size {self.kernel_size} has more than 256 positions for a 1-byte index")
+            raise ValueError(f"kernel_size {self.kernel_size} has more than 256 positions for an 8-bit index")
         if stride is not None and _checks.pair(stride, "stride", minimum=1) != self.kernel_size:
             raise ValueError(f"stride must equal kernel_size {self.kernel_size}, got {stride!r}")
 

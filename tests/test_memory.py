@@ -80,11 +80,11 @@ def test_linear_layer_saves_its_input_and_a_bitmask():
     assert saved.total <= x.numel() * 4 + _budget(0, 2 * 8 * bins, 2 * 8, bins)
 
 
-def test_compact_pool_keeps_one_byte_per_output():
+def test_compact_pool_keeps_two_bits_per_output():
     pool = st.CompactMaxPool2d(2)
     x = torch.randn(2, 4, 9, 9, requires_grad=True)
     saved, y = _measure(pool, x * 1)
-    assert saved.total == y.numel()
+    assert saved.total == -(-y.numel() // 4)
     reference = nn.MaxPool2d(2)
     torch.testing.assert_close(y, reference(x))
     g = torch.randn_like(y)
@@ -110,7 +110,7 @@ def test_report_per_module_and_table():
     x = torch.randn(8, 1, 28, 28)
     report = saved_bytes(model, x)
     assert set(report.per_module) == {"0.0", "1", "3"}  # the layer inside the block, by name
-    assert report.per_module["1"] == 8 * 6 * 12 * 12  # one byte per pooled output
+    assert report.per_module["1"] == 8 * 6 * 12 * 12 // 4  # two bits per pooled output
     assert report.total == sum(report.per_module.values())
     assert report.per_sample == report.total / 8
     table = report.table()
