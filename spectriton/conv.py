@@ -50,6 +50,8 @@ class SpectralConv2d(nn.Module):
         value_dtype: torch.dtype | None = None,
         density: float | None = None,
         padding_mode: str = "zeros",
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -58,7 +60,14 @@ class SpectralConv2d(nn.Module):
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
         self.stride = _checks.pair(stride, "stride", minimum=1)
-        self.padding = _checks.conv_padding(padding, self.kernel_size, self.stride)
+        self.dilation = _checks.pair(dilation, "dilation", minimum=1)
+        self.groups = _checks.positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
+                f"groups ({groups})"
+            )
+        self.padding = _checks.conv_padding(padding, self._spread, self.stride)
         _checks.boolean(bias, "bias")
         if padding_mode != "zeros":
             raise ValueError(
@@ -75,7 +84,9 @@ class SpectralConv2d(nn.Module):
         if self.density is not None:
             self.register_buffer("threshold", torch.full((), float("nan"), device=device))
         factory = {"device": device, "dtype": _checks.real_dtype(dtype)}
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
+        )
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
@@ -90,7 +101,7 @@ class SpectralConv2d(nn.Module):
             return
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
@@ -99,8 +110,6 @@ class SpectralConv2d(nn.Module):
         """A spectral layer sharing ``conv``'s weight and bias (not copies)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-        if conv.groups != 1 or conv.dilation != (1, 1):
-            raise ValueError("from_conv needs groups=1 and dilation=1")
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -109,6 +118,8 @@ class SpectralConv2d(nn.Module):
             conv.padding,
             conv.bias is not None,
             padding_mode=conv.padding_mode,
+            dilation=conv.dilation,
+            groups=conv.groups,
             device="meta",
             **options,
         )
@@ -129,8 +140,13 @@ class SpectralConv2d(nn.Module):
                 self.threshold.fill_(float("nan"))
 
     @property
+    def _spread(self) -> tuple[int, int]:
+        """The kernel's extent with its dilation: ``dilation * (kernel_size - 1) + 1``."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))  # type: ignore[return-value]
+
+    @property
     def shape(self) -> LayerShape:
-        return LayerShape(self.kernel_size, self.padding, self.stride)
+        return LayerShape(self._spread, self.padding, self.stride)
 
     def forward(self, x: torch.Tensor | SpectralFlow | list[SpectralFlow]) -> torch.Tensor | SpectralFlow:
         """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow."""
@@ -145,7 +161,8 @@ class SpectralConv2d(nn.Module):
         eval_budget = self.density is not None and not self.training
         flow = spectral_layer(
             flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
-            self.density, running=self.threshold if eval_budget else None,
+            self.density, running=self.threshold if eval_budget else None, groups=self.groups,
+            dilation=self.dilation,
         )  # fmt: skip
         if self.density is not None and self.training:
             with torch.no_grad():  # on the device: no host synchronisation
@@ -162,6 +179,10 @@ class SpectralConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, beta={self.beta}"
         )
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
         if self.activation:
             text += f", activation={self.activation!r}"
         if self.value_dtype is not None:

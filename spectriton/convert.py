@@ -15,8 +15,9 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   stay; pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward
   does not trace, its convolutions are swapped alone (threshold, no activation).
 
-Ineligible layers are skipped with a reason: groups > 1, dilation > 1, a padding mode
-other than zeros, 1x1 kernels (nothing to gain), ``filter_fn`` returning False.
+Ineligible layers are skipped with a reason: a padding mode other than zeros, 1x1
+kernels (nothing to gain), ``filter_fn`` returning False. Grouped and dilated
+convolutions convert like any other.
 :func:`plan` returns the same decisions without touching the model; :func:`revert`
 undoes a conversion.
 """
@@ -100,10 +101,6 @@ def _join(prefix: str, name: str) -> str:
 
 def _conv_skip_reason(conv: nn.Conv2d, fqn: str, opts: _Options) -> str:
     """Why ``conv`` stays spatial, or "" if it can be converted."""
-    if conv.groups != 1:
-        return f"groups={conv.groups} (grouped convolutions are not supported)"
-    if conv.dilation != (1, 1):
-        return f"dilation={conv.dilation} (dilated convolutions are not supported)"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (the spectral grid is zero-padded)"
     if conv.kernel_size == (1, 1):
@@ -455,6 +452,8 @@ def _to_conv(layer: SpectralConv2d) -> nn.Conv2d:
         layer.kernel_size,
         layer.stride,
         layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
         bias=layer.bias is not None,
         device="meta",
     )

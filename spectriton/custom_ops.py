@@ -51,6 +51,8 @@ class LayerConfig:
     channels: tuple[int, ...]
     shifts: tuple[tuple[int, int], ...]
     density: float | None = None
+    groups: int = 1
+    dilation: tuple[int, int] = (1, 1)
 
     def describe(self, weight: Tensor) -> str:
         """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
@@ -62,25 +64,28 @@ class LayerConfig:
         shifts = [s for shift in self.shifts for s in shift]
         return (
             list(self.grid), list(self.size), self.batch, list(self.channels), shifts,
-            self.beta, self.activation, self.value_dtype, self.density,
+            self.beta, self.activation, self.value_dtype, self.density, self.groups, list(self.dilation),
         )  # fmt: skip
 
 
-def _config(
-    weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density
-) -> LayerConfig:
-    """:class:`LayerConfig` back from :meth:`LayerConfig.op_args`."""
+def _config(*args) -> LayerConfig:
+    """:class:`LayerConfig` back from ``weight`` and :meth:`LayerConfig.op_args`."""
+    weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation = (
+        args
+    )
     return LayerConfig(
         grid=tuple(grid),
         size=tuple(size),
         batch=batch,
-        kernel=(weight.shape[2], weight.shape[3]),
+        kernel=tuple(d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:])),
         beta=beta,
         activation=activation,
         value_dtype=value_dtype,
         channels=tuple(channels),
         shifts=tuple(zip(shifts[::2], shifts[1::2])),
         density=density,
+        groups=groups,
+        dilation=tuple(dilation),
     )
 
 
@@ -181,6 +186,8 @@ def layer(
     activation: bool,
     value_dtype: Optional[torch.dtype],
     density: Optional[float],
+    groups: int,
+    dilation: list[int],
     running: Optional[Tensor],
     rebuild: list[Tensor],
     rebuild_args: list[int],
@@ -188,16 +195,20 @@ def layer(
     """One layer on the spectral grid; returns ``(values, mask, offsets, threshold)``.
 
     Each source is ``(inputs[s], masks[s], offsets[s])``: a spatial batch (mask None) or an
-    earlier layer's compressed output. ``running``, when given and calibrated (not NaN),
+    earlier layer's compressed output. ``weight`` is shaped as ``nn.Conv2d``'s with
+    ``groups`` and ``dilation``. ``running``, when given and calibrated (not NaN),
     is the threshold to use instead of the density budget's quantile (eval mode).
     ``rebuild`` and ``rebuild_args``, when not empty, are the recipe of the spatial source
     ``inputs[0]`` (:mod:`spectriton.provenance`): backward keeps them instead of it.
     """
-    cfg = _config(weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density)
+    cfg = _config(
+        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation
+    )
     if running is not None:
         calibrated = float(running)  # one host read, as sizing the values needs anyway
         if not math.isnan(calibrated):
             cfg = replace(cfg, beta=calibrated, density=None)
+    weight = transforms.dense_weight(weight, groups, dilation)
     with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
         backend = ops(weight.device)
         real = _compute_dtype(weight, *inputs)
@@ -212,7 +223,7 @@ def layer(
 
 @layer.register_fake
 def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
-      value_dtype, density, running, rebuild, rebuild_args):  # fmt: skip
+      value_dtype, density, groups, dilation, running, rebuild, rebuild_args):  # fmt: skip
     out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
     nnz = torch.library.get_ctx().new_dynamic_size()
     real = _compute_dtype(weight, *inputs)
@@ -250,7 +261,7 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold):
         grad_values, weight, values, mask, out_offsets, sources, masks, offsets, *ctx.config, needs
     )
     grads = [g if need else None for g, need in zip(grads, needs)]
-    config = [None] * 10  # grid ... running
+    config = [None] * 12  # grid ... running
     rest = [_no_grads(masks), _no_grads(offsets), *config, _no_grads(rebuild), _no_grads(rebuild_args)]
     return grads[0], grads[1], grads[2:], *rest
 
@@ -287,18 +298,23 @@ def layer_backward(
     activation: bool,
     value_dtype: Optional[torch.dtype],
     density: Optional[float],
+    groups: int,
+    dilation: list[int],
     needs: list[bool],
 ) -> list[Tensor]:
     """Gradients of :func:`layer`: ``[weight, bias, *inputs]``, each empty where ``needs``
     (same order) says it is not wanted."""
-    cfg = _config(weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density)
+    cfg = _config(
+        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation
+    )
     with annotate(lambda: f"layer.backward {cfg.describe(weight)}"), _exact(weight.device):
         return _layer_backward(
             cfg, needs, grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets
         )
 
 
-def _layer_backward(cfg, needs, grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets):
+def _layer_backward(cfg, needs, grad_values, grouped, values, out_mask, out_offsets, inputs, masks, offsets):
+    weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
     backend, real = ops(weight.device), _compute_dtype(weight, *inputs)
     if cfg.activation:
         grad_values = backend.activation_backward(values, grad_values)
@@ -329,7 +345,10 @@ def _layer_backward(cfg, needs, grad_values, weight, values, out_mask, out_offse
         if needs[0]:
             grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
             grad_kernels.append(transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift))
-    grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype) if needs[0] else weight.new_empty(0)
+    grad_weight = weight.new_empty(0)
+    if needs[0]:
+        grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype)
+        grad_weight = transforms.dense_weight_adjoint(grad_weight, cfg.groups, cfg.dilation)
     grad_bias = weight.new_empty(0)
     if needs[1]:
         grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
@@ -339,7 +358,7 @@ def _layer_backward(cfg, needs, grad_values, weight, values, out_mask, out_offse
 
 @layer_backward.register_fake
 def _(grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
-      channels, shifts, beta, activation, value_dtype, density, needs):  # fmt: skip
+      channels, shifts, beta, activation, value_dtype, density, groups, dilation, needs):  # fmt: skip
     likes = [weight, weight.new_empty(weight.shape[0]), *inputs]
     return [torch.empty_like(like) if need else like.new_empty(0) for like, need in zip(likes, needs)]
 

@@ -80,24 +80,29 @@ def spectral_layer(
     value_dtype: torch.dtype | None = None,
     density: float | None = None,
     running: torch.Tensor | None = None,
+    groups: int = 1,
+    dilation: tuple[int, int] = (1, 1),
 ) -> SpectralFlow:
     """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
 
     With several ``sources`` (channels concatenated in order), each source's kernel is
     shifted so that the contributions line up before they are summed. ``running``, when
     given and not NaN, is the threshold a density budget uses instead of its quantile.
+    ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``.
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
     channels = sum(s.channels for s in sources)
-    if weight.shape[1] != channels:
-        raise ValueError(f"weight must have {channels} in_channels (dim 1), got {weight.shape[1]}")
+    if weight.shape[1] * groups != channels:
+        raise ValueError(
+            f"weight must have {channels // groups} in_channels per group (dim 1), got {weight.shape[1]}"
+        )
     target = tuple(max(s.offset[a] for s in sources) + padding[a] for a in range(2))
     cfg = LayerConfig(
         grid=first.geom.grid,
         size=first.geom.size,
         batch=first.batch,
-        kernel=(weight.shape[2], weight.shape[3]),
+        kernel=(dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1),
         beta=beta,
         activation=activation == "split_tanh",
         value_dtype=value_dtype,
@@ -106,6 +111,8 @@ def spectral_layer(
             (target[0] - padding[0] - s.offset[0], target[1] - padding[1] - s.offset[1]) for s in sources
         ),
         density=density,
+        groups=groups,
+        dilation=tuple(dilation),
     )
     rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
     rebuild_args = list(first.recipe.args) if rebuild else []

@@ -162,3 +162,30 @@ def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
 def bias_scale(grid: tuple[int, int]) -> float:
     """What a bias of 1 adds to the DC bin so that it adds 1 to every output pixel."""
     return float(grid[0] * grid[1]) ** 0.5
+
+
+def dense_weight(weight: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
+    """A grouped, dilated ``nn.Conv2d`` weight ``(O, C / groups, kh, kw)`` as the spectral
+    product reads it, ``(O, C, dh (kh - 1) + 1, dw (kw - 1) + 1)``: block-diagonal over
+    channels (zeros between groups), zeros between the dilated taps. ``weight`` itself when
+    there are neither."""
+    if groups == 1 and tuple(dilation) == (1, 1):
+        return weight
+    (dh, dw), (out_channels, per_group, kh, kw) = dilation, weight.shape
+    spread = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    dense = weight.new_zeros(groups, out_channels // groups, groups, per_group, *spread)
+    group = torch.arange(groups, device=weight.device)
+    dense[group, :, group, :, ::dh, ::dw] = weight.view(groups, out_channels // groups, per_group, kh, kw)
+    return dense.view(out_channels, groups * per_group, *spread)
+
+
+def dense_weight_adjoint(grad: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
+    """Adjoint of :func:`dense_weight`: the gradient of the grouped, dilated weight from the
+    gradient of the dense one (its entries on the diagonal blocks and the taps)."""
+    if groups == 1 and tuple(dilation) == (1, 1):
+        return grad
+    (dh, dw), (out_channels, channels) = dilation, grad.shape[:2]
+    blocks = grad.view(groups, out_channels // groups, groups, channels // groups, *grad.shape[2:])
+    group = torch.arange(groups, device=grad.device)
+    taps = blocks[group, :, group, :, ::dh, ::dw]
+    return taps.reshape(out_channels, channels // groups, *taps.shape[-2:])

@@ -80,8 +80,9 @@ MODULES = [
     ("string density", lambda: conv(3, 4, 3, density="0.5"), TypeError, ["density"]),
     ("beta and density", lambda: conv(3, 4, 3, beta=0.5, density=0.5), ValueError, ["beta", "density"]),
     ("from_conv of a Linear", lambda: conv.from_conv(nn.Linear(3, 4)), TypeError, ["conv", "Conv2d"]),
-    ("from_conv grouped", lambda: conv.from_conv(nn.Conv2d(4, 4, 3, groups=2)), ValueError, ["groups"]),
-    ("from_conv dilated", lambda: conv.from_conv(nn.Conv2d(4, 4, 3, dilation=2)), ValueError, ["dilation"]),
+    ("groups not dividing channels", lambda: conv(6, 4, 3, groups=4), ValueError, ["groups", "divisible"]),
+    ("zero groups", lambda: conv(4, 4, 3, groups=0), ValueError, ["groups"]),
+    ("zero dilation", lambda: conv(4, 4, 3, dilation=0), ValueError, ["dilation"]),
     ("3-D input", lambda: conv(3, 4, 3)(torch.randn(3, 9, 9)), ValueError, ["input", "4-D"]),
     ("wrong channels", lambda: conv(3, 4, 3)(torch.randn(2, 5, 9, 9)), ValueError, ["input", "3 channels"]),
     (

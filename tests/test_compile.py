@@ -25,7 +25,8 @@ def _layer_args(compressed_source: bool, density=None):
     if compressed_source:  # the second layer of a block reads the first one's output
         flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
     sources = ([flow.values], [flow.mask], [flow.offsets])
-    return (weight, bias, *sources, grid, size, 2, [3], [0, 0], 0.5, True, None, density, None, [], [])
+    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1])
+    return (weight, bias, *sources, *config, None, [], [])
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])

@@ -49,6 +49,39 @@ def test_matches_conv2d(case, bias):
         torch.testing.assert_close(b, a, atol=1e-4 * h * w / 49, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "groups,dilation,stride,padding",
+    [(2, 1, 1, 1), (4, 1, 2, 1), (1, 2, 1, 2), (2, (2, 3), 1, (2, 3)), (4, 2, 2, "valid"), (1, 2, 1, "same")],
+    ids=str,
+)
+def test_groups_and_dilation_match_conv2d(groups, dilation, stride, padding):
+    """A grouped product is block-diagonal over channels, a dilated kernel a larger one with
+    zeros between its taps (groups=4 here is depthwise); float64, forward and gradients."""
+    conv = nn.Conv2d(4, 8, 3, stride=stride, padding=padding, dilation=dilation, groups=groups).double()
+    layer = st.SpectralConv2d.from_conv(conv)
+    assert layer.weight is conv.weight and layer.weight.shape == (8, 4 // groups, 3, 3)
+    x = torch.randn(2, 4, 11, 10, dtype=torch.float64, requires_grad=True)
+    expected, got = conv(x), layer(x)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    grad = torch.randn_like(expected)
+    for a, b in zip(
+        torch.autograd.grad(expected, [x, conv.weight, conv.bias], grad),
+        torch.autograd.grad(got, [x, layer.weight, layer.bias], grad),
+    ):
+        torch.testing.assert_close(b, a, atol=1e-11, rtol=1e-10)
+    assert "groups" in repr(layer) or groups == 1
+
+
+def test_a_grouped_layer_saves_no_dense_weight():
+    """The block-diagonal weight is built inside the op, in forward and again in backward."""
+    layer = st.SpectralConv2d(8, 8, 3, padding=1, groups=8, beta=0.5, activation="split_tanh")
+    x = torch.randn(2, 8, 6, 6)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        layer(x)
+    assert (8, 8, 3, 3) not in shapes and (8, 1, 3, 3) in shapes
+
+
 def test_padding_strings_match_conv2d():
     x = torch.randn(1, 2, 9, 9)
     for padding in ("same", "valid"):

@@ -180,11 +180,14 @@ def test_filter_fn_and_skip_reasons():
     )
     rows = st.plan(model, activation=None, filter_fn=lambda m, fqn: fqn != "5")
     reasons = {r.name: r.reason for r in rows}
-    assert "groups=2" in reasons["0"] and "dilation" in reasons["1"] and "padding_mode" in reasons["2"]
-    assert "1x1" in reasons["3"] and "filter_fn" in reasons["5"]
-    assert [r.action for r in rows if r.name == "4"] == ["spectral conv"]
-    st.convert(model, activation=None, filter_fn=lambda m, fqn: fqn != "5")
-    assert [type(m).__name__ for m in model] == ["Conv2d"] * 4 + ["SpectralConv2d", "Conv2d"]
+    assert "padding_mode" in reasons["2"] and "1x1" in reasons["3"] and "filter_fn" in reasons["5"]
+    assert [r.action for r in rows if r.name in "014"] == ["spectral conv"] * 3  # grouped, dilated too
+    x = torch.randn(2, 4, 12, 12)
+    expected = model(x)
+    st.convert(model, activation=None, beta=0.0, filter_fn=lambda m, fqn: fqn != "5")
+    kinds = ["SpectralConv2d"] * 2 + ["Conv2d"] * 2 + ["SpectralConv2d", "Conv2d"]
+    assert [type(m).__name__ for m in model] == kinds
+    torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
     assert "module" in str(rows) and "reason" in rows.table()
 
 
