@@ -9,11 +9,12 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   ``torch.fx`` (its children as leaves). A convolution followed by ``BatchNorm2d`` and/or
   ``ReLU`` becomes a spectral layer with split tanh, the BN and ReLU are bypassed;
   consecutive such convolutions at one resolution share one spectral block; a
-  convolution followed by neither keeps a threshold but no activation. ``MaxPool2d(2)``
-  becomes the compact pool. The container's class becomes ``Spectral<Name>``, a subclass
-  of its own whose ``forward`` is the rewritten graph's (children, buffers and attributes
-  stay; pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward
-  does not trace, its convolutions are swapped alone (threshold, no activation).
+  convolution followed by neither keeps a threshold but no activation. ``MaxPool2d``
+  (overlapping windows and padding included) becomes the compact pool. The container's
+  class becomes ``Spectral<Name>``, a subclass of its own whose ``forward`` is the
+  rewritten graph's (children, buffers and attributes stay; pickle, ``torch.save`` and
+  ``copy.deepcopy`` keep the change). Where a forward does not trace, its convolutions
+  are swapped alone (threshold, no activation).
 
 Ineligible layers are skipped with a reason: a padding mode other than zeros, 1x1
 kernels (nothing to gain), ``filter_fn`` returning False. Grouped and dilated
@@ -113,14 +114,13 @@ def _conv_skip_reason(conv: nn.Conv2d, fqn: str, opts: _Options) -> str:
 
 
 def _pool_skip_reason(pool: nn.MaxPool2d, fqn: str, opts: _Options) -> str:
-    k = _pair(pool.kernel_size)
-    if _pair(pool.stride or pool.kernel_size) != k or _pair(pool.padding) != (0, 0):
-        shape = f"kernel {k}, stride {_pair(pool.stride)}, padding {_pair(pool.padding)}"
-        return f"{shape}: only stride = kernel and no padding"
+    k, padding = _pair(pool.kernel_size), _pair(pool.padding)
     if _pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
         return "dilation, ceil_mode or return_indices set"
     if k[0] * k[1] > 256:
         return "window of more than 256 positions"
+    if any(2 * p > n for p, n in zip(padding, k)):
+        return f"padding {padding} over half the kernel {k}"
     if opts.filter_fn is not None and not opts.filter_fn(pool, fqn):
         return "filter_fn returned False"
     return ""
@@ -197,7 +197,7 @@ class _Analysis:
                 PlanRow(_join(fqn, name), "MaxPool2d", "skip" if reason else "compact pool", reason)
             )
             if not reason:
-                edit.swaps[name] = CompactMaxPool2d(pool.kernel_size)
+                edit.swaps[name] = CompactMaxPool2d(pool.kernel_size, pool.stride or None, pool.padding)
                 _copy_hooks(pool, edit.swaps[name])
         eligible = {name: conv for name, (conv, reason) in convs.items() if not reason}
         for name, (_, reason) in convs.items():
@@ -467,7 +467,7 @@ def _reverted(module: nn.Module) -> nn.Module | None:
     if isinstance(module, SpectralConv2d):
         return _to_conv(module)
     if isinstance(module, CompactMaxPool2d):
-        return nn.MaxPool2d(module.kernel_size)
+        return nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
     if isinstance(module, SpectralSequential):
         return nn.Sequential(*[_to_conv(layer) for layer in module])
     return None

@@ -418,10 +418,10 @@ def rebuild_input(tensors: list[Tensor], args: list[int], dtype: torch.dtype) ->
     earlier block's output, NaN where that block's input was not finite, max-pooled by
     window index when a pool followed. Bitwise the tensor the forward read."""
     values, mask, offsets, nonfinite, *index = tensors
-    batch, channels, *geometry, channels_last, kh, kw = args
+    batch, channels, *geometry, channels_last, kh, kw, sh, sw, ph, pw = args
     y = output(values, mask, offsets, batch, channels, geometry, dtype, bool(channels_last), False)
     y = mark_nonfinite(y, nonfinite)
-    return window_values(y, index[0], (kh, kw)) if index else y
+    return window_values(y, index[0], (kh, kw), (sh, sw), (ph, pw)) if index else y
 
 
 @output.register_fake

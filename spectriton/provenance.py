@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 class Recipe:
     """What rebuilds a spatial tensor: the ``spectriton::output`` op's tensors (``values,
     mask, offsets``, held weakly) and integer arguments, the samples made NaN, and a max
-    pool's window index (weakly) and kernel when one followed."""
+    pool's window positions (weakly), kernel, stride and padding when one followed."""
 
     refs: tuple[weakref.ref, ...]
     nonfinite: torch.Tensor
@@ -33,15 +33,20 @@ class Recipe:
 
     @classmethod
     def of(cls, values, mask, offsets, nonfinite, args) -> Recipe:
-        return cls(tuple(weakref.ref(t) for t in (values, mask, offsets)), nonfinite, (*args, 0, 0))
+        """The recipe of a block output; ``args`` are the output op's integer arguments."""
+        return cls(
+            tuple(weakref.ref(t) for t in (values, mask, offsets)), nonfinite, (*args, *[0] * POOL_ARGS)
+        )
 
     @property
-    def pool(self) -> tuple[int, int]:
-        return self.args[-2], self.args[-1]
+    def pooled_already(self) -> bool:
+        return len(self.refs) > 3
 
-    def pooled(self, index: torch.Tensor, kernel: tuple[int, int]) -> Recipe:
-        """The recipe of this tensor max-pooled with ``kernel``, ``index`` its window index."""
-        return replace(self, refs=(*self.refs, weakref.ref(index)), args=(*self.args[:-2], *kernel))
+    def pooled(self, index: torch.Tensor, window) -> Recipe:
+        """The recipe of this tensor max-pooled with ``window`` (kernel, stride and padding
+        pairs), ``index`` its packed window positions."""
+        pool = [n for pair in window for n in pair]
+        return replace(self, refs=(*self.refs, weakref.ref(index)), args=(*self.args[:-POOL_ARGS], *pool))
 
     def tensors(self) -> list[torch.Tensor] | None:
         """``[values, mask, offsets, nonfinite(, index)]``, or None if autograd no longer
@@ -52,6 +57,7 @@ class Recipe:
         return [*held[:3], self.nonfinite, *held[3:]]
 
 
+POOL_ARGS = 6  # the last arguments: a max pool's kernel, stride and padding (zeros: none)
 _RECIPES = WeakIdKeyDictionary()
 
 

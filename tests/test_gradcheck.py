@@ -106,6 +106,7 @@ def test_dense_block_layer_with_two_sources():
 def test_compact_max_pool():
     x = torch.randn(2, 3, 7, 9, dtype=D, requires_grad=True)
     assert gradcheck(CompactMaxPool2d(2), (x,))
+    assert gradcheck(CompactMaxPool2d(3, 2, 1), (x,))  # overlapping, padded
 
 
 def test_split_tanh():

@@ -80,6 +80,18 @@ def test_linear_layer_saves_its_input_and_a_bitmask():
     assert saved.total <= x.numel() * 4 + _budget(0, 2 * 8 * bins, 2 * 8, bins)
 
 
+def test_overlapping_compact_pool_matches_max_pool_and_keeps_four_bits_per_output():
+    x = torch.randn(2, 4, 9, 8, requires_grad=True)
+    x.data[0, 0, :2, :2] = -float("inf")  # a window whose valid entries are all -inf
+    pool, reference = st.CompactMaxPool2d(3, 2, 1), nn.MaxPool2d(3, 2, 1)
+    saved, y = _measure(pool, x * 1)
+    assert saved.total == -(-y.numel() // 2)
+    torch.testing.assert_close(y, reference(x), atol=0, rtol=0)
+    g = torch.randn_like(y)
+    expected = torch.autograd.grad(reference(x), x, g)[0]
+    torch.testing.assert_close(torch.autograd.grad(pool(x), x, g)[0], expected, atol=0, rtol=0)
+
+
 def test_compact_pool_keeps_two_bits_per_output():
     pool = st.CompactMaxPool2d(2)
     x = torch.randn(2, 4, 9, 9, requires_grad=True)

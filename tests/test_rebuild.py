@@ -58,12 +58,15 @@ def test_zoo_models_keep_no_dense_map_but_their_input(name):
     assert _dense_share(model, x) == 0.0
 
 
-def _two_blocks(dtype=torch.float32, pool=True, activation="split_tanh", beta=0.3):
+POOLS = {"pool": lambda: st.CompactMaxPool2d(2), "overlapping": lambda: st.CompactMaxPool2d(3, 2, 1)}
+
+
+def _two_blocks(dtype=torch.float32, pool="pool", activation="split_tanh", beta=0.3):
     torch.manual_seed(0)
     options = dict(padding=1, beta=beta, activation=activation, dtype=dtype)
     return nn.Sequential(
         st.SpectralSequential(st.SpectralConv2d(2, 4, 3, **options), st.SpectralConv2d(4, 4, 3, **options)),
-        st.CompactMaxPool2d(2) if pool else nn.Identity(),
+        POOLS[pool]() if pool else nn.Identity(),
         st.SpectralSequential(st.SpectralConv2d(4, 3, 3, **options)),
     )
 
@@ -74,7 +77,7 @@ def _grads(model, x):
     return [y, *torch.autograd.grad(y.square().sum(), [x, *model.parameters()])]
 
 
-@pytest.mark.parametrize("pool", [True, False], ids=["pool", "straight"])
+@pytest.mark.parametrize("pool", ["pool", "overlapping", None], ids=["pool", "overlapping-pool", "straight"])
 def test_rebuilt_input_gives_the_gradients_of_the_kept_one(pool, monkeypatch):
     """Bitwise: the rebuilt input is the tensor the forward read."""
     model, x = _two_blocks(pool=pool), torch.randn(3, 2, 9, 9)
