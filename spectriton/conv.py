@@ -7,6 +7,7 @@ Both take and return spatial NCHW tensors. Weights are shaped and named like
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from spectriton.functional import SpectralFlow, empty_output, spectral_layer, sp
 from spectriton.geometry import LayerShape
 
 MOMENTUM = 0.1  # of the running threshold in density mode, as nn.BatchNorm2d's
+STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
 
 
 class SpectralConv2d(nn.Module):
@@ -172,6 +174,14 @@ class SpectralConv2d(nn.Module):
                 self.threshold.copy_(torch.where(torch.isfinite(used), updated, self.threshold))
         if not torch.compiler.is_compiling():  # a host number: eager only
             self.last_density = flow.density
+            if self.training and self.last_density < STARVED and not getattr(self, "_warned", False):
+                self._warned = True
+                warnings.warn(
+                    f"SpectralConv2d({self.extra_repr()}) keeps {self.last_density:.2%} of its spectrum "
+                    f"in training, too little to learn from; a density budget (density=0.1) keeps a "
+                    f"fixed fraction whatever the weights' scale",
+                    stacklevel=2,
+                )
         return flow
 
     def extra_repr(self) -> str:

@@ -246,10 +246,12 @@ class _Analysis:
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", action, reason))
                 edit.swaps[name] = self.opts.layer(eligible[name], "split_tanh" if activated else None)
             for name in chain.absorbed:
-                kind = type(module.get_submodule(name)).__name__ if name in calls else name
-                self.rows.append(
-                    PlanRow(_join(fqn, name), kind, "bypassed", f"absorbed by the layer at {head}")
-                )
+                if name in calls:  # a child module
+                    row = PlanRow(_join(fqn, name), type(module.get_submodule(name)).__name__, "bypassed")
+                else:  # a function or method called in the container's forward
+                    row = PlanRow(fqn or "(root)", name, "bypassed")
+                row.reason = f"absorbed by the layer at {head}"
+                self.rows.append(row)
         if any(chain.absorbed or len(chain.convs) > 1 for chain in chains):
             _rewrite(graph, chains)
             edit.graph = graph
@@ -286,6 +288,14 @@ def _is_activation(node: fx.Node, module: nn.Module) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+def _call_name(node: fx.Node) -> str:
+    """A readable name for a function or method call: ``torch.relu``, ``Tensor.relu_()``."""
+    if node.op == "call_method":
+        return f"Tensor.{node.target}()"
+    target = node.target
+    return f"{getattr(target, '__module__', None) or 'torch'}.{getattr(target, '__name__', target)}"
+
+
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     if len(users) != 1 or users[0].args[:1] != (node,):
@@ -313,7 +323,7 @@ def _find_chains(graph, module, eligible, calls) -> list[_Chain]:
                 is_bn = user.op == "call_module" and type(module.get_submodule(user.target)) is nn.BatchNorm2d
                 if (kind == "bn" and is_bn) or (kind == "act" and _is_activation(user, module)):
                     chain.nodes.append(user)
-                    chain.absorbed.append(user.target if user.op == "call_module" else str(user.target))
+                    chain.absorbed.append(user.target if user.op == "call_module" else _call_name(user))
                     end, activated = user, True
             chain.activated.append(activated)
             conv = eligible[current.target]

@@ -350,14 +350,14 @@ def _write(out: Path, settings: Settings, rows: list[dict]) -> None:
 def results_table(rows: list[dict]) -> str:
     """The comparison as a plain-text table."""
     header = (
-        f"{'form':<22} {'accuracy %':>10} {'saved B/sample':>15} {'relative':>8} "
+        f"{'form':<28} {'accuracy %':>10} {'saved B/sample':>15} {'relative':>8} "
         f"{'min layer kept':>14} {'s/epoch':>8} {'time x':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         kept = "" if r["min_layer_density"] is None else f"{r['min_layer_density']:.3f}"
         lines.append(
-            f"{r['form']:<22} {r['accuracy']:>10.2f} {r['saved_bytes']:>15,.0f} {r['relative_memory']:>8.3f} "
+            f"{r['form']:<28} {r['accuracy']:>10.2f} {r['saved_bytes']:>15,.0f} {r['relative_memory']:>8.3f} "
             f"{kept:>14} {r['epoch_time']:>8.1f} {r['relative_time']:>6.2f}"
         )
         if r.get("peak_bytes") is not None:

@@ -249,3 +249,29 @@ def test_bad_input(call, error, words):
     with pytest.raises(error) as info:
         call()
     assert all(w in str(info.value) for w in words)
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(nn.functional.relu(self.conv(x))))
+
+
+def test_plan_names_functional_calls_readably():
+    rows = st.plan(_Functional())
+    bypassed = [(r.name, r.kind) for r in rows if r.action == "bypassed"]
+    assert bypassed == [("(root)", "torch.nn.functional.relu"), ("(root)", "torch.relu")]
+    assert "0x" not in str(rows)
+
+
+def test_a_layer_keeping_under_one_percent_in_training_warns_once():
+    model = st.convert(_Functional(), beta=1e6)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="keeps 0.00% of its spectrum in training") as caught:
+        model(x)
+        model(x)
+    assert len([w for w in caught if "keeps" in str(w.message)]) == 2  # once per layer
