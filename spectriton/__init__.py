@@ -5,11 +5,12 @@ from spectriton.activation import SplitTanh
 from spectriton.compressed import CompressedSpectrum
 from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential
 from spectriton.convert import convert, plan, revert
-from spectriton.pooling import CompactMaxPool2d
+from spectriton.pooling import CompactAvgPool2d, CompactMaxPool2d
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompactAvgPool2d",
     "CompactMaxPool2d",
     "CompressedSpectrum",
     "SplitTanh",

@@ -10,11 +10,11 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   ``ReLU`` becomes a spectral layer with split tanh, the BN and ReLU are bypassed;
   consecutive such convolutions at one resolution share one spectral block; a
   convolution followed by neither keeps a threshold but no activation. ``MaxPool2d``
-  (overlapping windows and padding included) becomes the compact pool. The container's
-  class becomes ``Spectral<Name>``, a subclass of its own whose ``forward`` is the
-  rewritten graph's (children, buffers and attributes stay; pickle, ``torch.save`` and
-  ``copy.deepcopy`` keep the change). Where a forward does not trace, its convolutions
-  are swapped alone (threshold, no activation).
+  (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
+  that keeps nothing. The container's class becomes ``Spectral<Name>``, a subclass of its
+  own whose ``forward`` is the rewritten graph's (children, buffers and attributes stay;
+  pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward does not
+  trace, its convolutions are swapped alone (threshold, no activation).
 
 Ineligible layers are skipped with a reason: a padding mode other than zeros, 1x1
 kernels (nothing to gain), ``filter_fn`` returning False. Grouped and dilated
@@ -35,7 +35,7 @@ from torch import fx, nn
 
 from spectriton import _checks
 from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential, run_layers
-from spectriton.pooling import CompactMaxPool2d
+from spectriton.pooling import CompactAvgPool2d, CompactMaxPool2d
 
 _STATE = "_spectriton_converted"  # on a container whose forward convert replaced
 
@@ -126,6 +126,13 @@ def _pool_skip_reason(pool: nn.MaxPool2d, fqn: str, opts: _Options) -> str:
     return ""
 
 
+def _compact_pool(pool: nn.MaxPool2d | nn.AvgPool2d) -> nn.Module:
+    if isinstance(pool, nn.AvgPool2d):  # keeps nothing for backward
+        options = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        return CompactAvgPool2d(**{name: getattr(pool, name) for name in options})
+    return CompactMaxPool2d(pool.kernel_size, pool.stride or None, pool.padding)
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -185,6 +192,9 @@ class _Analysis:
                 convs[name] = (child, _conv_skip_reason(child, child_fqn, self.opts))
             elif type(child) is nn.MaxPool2d and self.opts.activation is not None:
                 pools[name] = (child, _pool_skip_reason(child, child_fqn, self.opts))
+            elif type(child) is nn.AvgPool2d and self.opts.activation is not None:
+                filtered = self.opts.filter_fn is not None and not self.opts.filter_fn(child, child_fqn)
+                pools[name] = (child, "filter_fn returned False" if filtered else "")
         return convs, pools
 
     def _container(self, fqn: str, module: nn.Module) -> None:
@@ -193,11 +203,10 @@ class _Analysis:
             return
         edit = _ContainerEdit(fqn, module)
         for name, (pool, reason) in pools.items():
-            self.rows.append(
-                PlanRow(_join(fqn, name), "MaxPool2d", "skip" if reason else "compact pool", reason)
-            )
+            kind = type(pool).__name__
+            self.rows.append(PlanRow(_join(fqn, name), kind, "skip" if reason else "compact pool", reason))
             if not reason:
-                edit.swaps[name] = CompactMaxPool2d(pool.kernel_size, pool.stride or None, pool.padding)
+                edit.swaps[name] = _compact_pool(pool)
                 _copy_hooks(pool, edit.swaps[name])
         eligible = {name: conv for name, (conv, reason) in convs.items() if not reason}
         for name, (_, reason) in convs.items():
@@ -478,6 +487,10 @@ def _reverted(module: nn.Module) -> nn.Module | None:
         return _to_conv(module)
     if isinstance(module, CompactMaxPool2d):
         return nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
+    if isinstance(module, CompactAvgPool2d):
+        twin = nn.AvgPool2d(1)
+        twin.__dict__.update(module.__dict__)
+        return twin
     if isinstance(module, SpectralSequential):
         return nn.Sequential(*[_to_conv(layer) for layer in module])
     return None

@@ -134,3 +134,39 @@ class CompactMaxPool2d(nn.Module):
         if self.padding != (0, 0):
             text += f", padding={self.padding}"
         return text
+
+
+class CompactAvgPoolFunction(torch.autograd.Function):
+    """``F.avg_pool2d`` whose backward keeps nothing but the input's shape (the gradient of
+    an average does not depend on the values averaged)."""
+
+    @staticmethod
+    @ranged("avg_pool.forward")
+    def forward(ctx, x: torch.Tensor, options: tuple):
+        ctx.options, ctx.shape = options, x.shape
+        return nn.functional.avg_pool2d(x, *options)
+
+    @staticmethod
+    @ranged("avg_pool.backward")
+    def backward(ctx, grad: torch.Tensor):
+        like = grad.new_empty(ctx.shape)  # read for its shape only
+        return torch.ops.aten.avg_pool2d_backward(grad.contiguous(), like, *ctx.options), None
+
+
+class CompactAvgPool2d(nn.AvgPool2d):
+    """Drop-in for ``nn.AvgPool2d`` (same arguments and outputs) that keeps nothing for
+    backward; ``nn.AvgPool2d`` keeps its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.spatial_input(x, None)
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return super().forward(x)
+        options = (
+            _checks.pair(self.kernel_size, "kernel_size", minimum=1),
+            _checks.pair(self.stride or self.kernel_size, "stride", minimum=1),
+            _checks.pair(self.padding, "padding", minimum=0),
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
+        return CompactAvgPoolFunction.apply(x, options)

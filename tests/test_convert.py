@@ -70,6 +70,16 @@ def test_specnet_mode_merges_resnet_basic_blocks_and_saves_memory():
     assert saved_bytes(model, x).total < before
 
 
+def test_specnet_mode_swaps_densenet_avg_pools_and_revert_restores_them():
+    model = _torchvision("densenet121")
+    st.convert(model)
+    pools = [m for m in model.modules() if isinstance(m, st.CompactAvgPool2d)]
+    assert len(pools) == 3  # the transitions' 2x2 average pools
+    st.revert(model)
+    assert not any(isinstance(m, st.CompactAvgPool2d) for m in model.modules())
+    assert type(model.features.transition1.pool) is nn.AvgPool2d
+
+
 def test_specnet_revert_without_training_restores_outputs():
     model = _torchvision("resnet18")
     x = torch.randn(2, 3, 32, 32)

@@ -92,6 +92,22 @@ def test_overlapping_compact_pool_matches_max_pool_and_keeps_four_bits_per_outpu
     torch.testing.assert_close(torch.autograd.grad(pool(x), x, g)[0], expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)],
+    ids=["2x2", "3x3-ceil"],
+)
+def test_compact_avg_pool_matches_avg_pool_and_keeps_nothing(options):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    pool, reference = st.CompactAvgPool2d(**options), nn.AvgPool2d(**options)
+    saved, y = _measure(pool, x * 1)
+    assert saved.total == 0 and _measure(reference, x * 1)[0].total > 0
+    torch.testing.assert_close(y, reference(x), atol=0, rtol=0)
+    g = torch.randn_like(y)
+    expected = torch.autograd.grad(reference(x), x, g)[0]
+    torch.testing.assert_close(torch.autograd.grad(pool(x), x, g)[0], expected, atol=0, rtol=0)
+
+
 def test_compact_pool_keeps_two_bits_per_output():
     pool = st.CompactMaxPool2d(2)
     x = torch.randn(2, 4, 9, 9, requires_grad=True)
