@@ -16,9 +16,9 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward does not
   trace, its convolutions are swapped alone (threshold, no activation).
 
-Ineligible layers are skipped with a reason: a padding mode other than zeros, 1x1
-kernels (nothing to gain), ``filter_fn`` returning False. Grouped and dilated
-convolutions convert like any other.
+Ineligible layers are skipped with a reason: a padding mode other than zeros,
+``filter_fn`` returning False. Grouped, dilated and 1x1 convolutions (a 1x1 kernel is a
+per-frequency channel product) convert like any other.
 :func:`plan` returns the same decisions without touching the model; :func:`revert`
 undoes a conversion.
 """
@@ -104,8 +104,6 @@ def _conv_skip_reason(conv: nn.Conv2d, fqn: str, opts: _Options) -> str:
     """Why ``conv`` stays spatial, or "" if it can be converted."""
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (the spectral grid is zero-padded)"
-    if conv.kernel_size == (1, 1):
-        return "1x1 kernel: nothing to gain in the spectral domain"
     if conv.padding == "same" and any(k % 2 == 0 for k in conv.kernel_size):
         return "padding='same' with an even kernel (asymmetric padding)"
     if opts.filter_fn is not None and not opts.filter_fn(conv, fqn):
