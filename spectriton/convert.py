@@ -142,8 +142,8 @@ class _ChildTracer(fx.Tracer):
         return True
 
 
-_ACTIVATIONS = (nn.ReLU,)
-_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu6)
 
 
 @dataclass
@@ -292,7 +292,7 @@ def _is_activation(node: fx.Node, module: nn.Module) -> bool:
         return type(module.get_submodule(node.target)) in _ACTIVATIONS
     if node.op == "call_function":
         return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in ("relu", "relu_")
+    return node.op == "call_method" and node.target in ("relu", "relu_", "relu6")
 
 
 def _call_name(node: fx.Node) -> str:
