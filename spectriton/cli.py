@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--density", type=_single(_densities))
     train.add_argument("--out", type=Path, default=Path("runs/train"))
 
-    compare = commands.add_parser("compare", help="spatial original against Spec at several thresholds")
+    compare = commands.add_parser(
+        "compare", help="spatial original, checkpointed, and Spec at several thresholds"
+    )
     _training_arguments(compare)
     compare.add_argument("--betas", type=_betas, default=[0.5, 0.7, 1.0], help="e.g. 0.5,0.7,1.0")
     compare.add_argument("--density", type=_densities, default=[0.1], help="e.g. 0.05,0.1 (budget mode)")
