@@ -164,6 +164,12 @@ MODULES = [
     ("pool padding over half", lambda: st.CompactMaxPool2d(2, padding=2), ValueError, ["padding", "half"]),
     ("pool zero stride", lambda: st.CompactMaxPool2d(2, stride=0), ValueError, ["stride"]),
     ("pool window too big", lambda: st.CompactMaxPool2d(17), ValueError, ["kernel_size", "256"]),
+    (
+        "avg pool on 3-D input",
+        lambda: st.CompactAvgPool2d(2)(torch.randn(3, 8, 8, requires_grad=True)),
+        ValueError,
+        ["input", "4-D"],
+    ),
     ("pool zero kernel", lambda: st.CompactMaxPool2d(0), ValueError, ["kernel_size", ">= 1"]),
     ("pool string kernel", lambda: st.CompactMaxPool2d("2"), TypeError, ["kernel_size", "int"]),
     ("pool on 3-D input", lambda: st.CompactMaxPool2d(2)(torch.randn(3, 8, 8)), ValueError, ["input", "4-D"]),
