@@ -46,14 +46,8 @@ def plot_comparison(rows: list[dict], out: Path) -> list[Path]:
         if r["spectral"]:
             epochs = [h["epoch"] for h in r["history"]]
             ax.plot(epochs, [h["saved_bytes"] / b for h, b in zip(r["history"], base)], "o-", label=r["form"])
-    ax.set(xlabel="epoch", ylabel="saved bytes / spatial", title=f"memory during training ({title})")
-    ax.title.set_fontsize(8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    figure4 = out / "figure4.png"
-    fig.savefig(figure4, dpi=120)
-    plt.close(fig)
+    ax.set(xlabel="epoch", ylabel="saved bytes / spatial")
+    figure4 = _save(fig, ax, f"memory during training ({title})", out / "figure4.png", legend=7)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for r in rows:
@@ -63,13 +57,19 @@ def plot_comparison(rows: list[dict], out: Path) -> list[Path]:
         marker = "s" if r.get("checkpoint") else ("o" if r["spectral"] else "D")
         ax.plot(time, memory, marker, ms=7, label=f"{r['form']} ({r['accuracy']:.1f} %)")
     ax.set(xlabel="step time / spatial", ylabel="saved bytes / spatial")
-    ax.set_title(f"memory against time ({title})")
     ax.set_ylim(bottom=0)
-    ax.title.set_fontsize(8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    tradeoff = out / "tradeoff.png"
-    fig.savefig(tradeoff, dpi=120)
-    plt.close(fig)
+    tradeoff = _save(fig, ax, f"memory against time ({title})", out / "tradeoff.png", legend=6)
     return [figure3, figure4, tradeoff]
+
+
+def _save(fig, ax, title: str, path: Path, legend: int) -> Path:
+    """A one-plot figure's title, grid and legend, written to ``path``."""
+    from matplotlib import pyplot as plt
+
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

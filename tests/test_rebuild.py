@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.autograd import gradcheck
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
 import spectriton as st
 from spectriton import models, provenance
+from spectriton.checkpointing import Checkpointed
 
 D = torch.float64
 
@@ -123,16 +123,7 @@ def test_linear_blocks_and_checkpointed_blocks_keep_their_input():
     assert any(dense for _, dense in _saved(linear, x))
 
     model = _two_blocks()
-    wrapped = nn.Sequential(_Checkpointed(model[0]), model[1], model[2])
+    wrapped = nn.Sequential(Checkpointed(model[0]), model[1], model[2])
     assert any(dense for _, dense in _saved(wrapped, x))
     for a, b in zip(_grads(wrapped, x), _grads(model, x), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-class _Checkpointed(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return checkpoint(self.block, x, use_reentrant=False)
