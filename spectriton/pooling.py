@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spectriton import _checks, provenance
-from spectriton.nvtx import ranged
+from spectriton.nvtx import annotate, ranged
 
 
 def _windows(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
@@ -30,20 +30,21 @@ def _shifts(bits: int, device: torch.device) -> torch.Tensor:
     return torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
 
 
-def window_index(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
-    """The position of each pooling window's maximum (the first one on ties, NaN counting
-    as largest, as ``nn.MaxPool2d``), packed :func:`index_bits` to the position in a flat
-    uint8 tensor (low bits first)."""
+def window_max(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pooling window's maximum, and its position (the first one on ties, NaN counting
+    as largest, as ``nn.MaxPool2d``) packed :func:`index_bits` to the position in a flat
+    uint8 tensor (low bits first). No autograd graph."""
     with torch.no_grad():
-        index = _windows(x, kernel, stride, padding).argmax(-1).to(torch.uint8).reshape(-1)
+        maxima, index = _windows(x, kernel, stride, padding).max(-1)
+        index = index.to(torch.uint8).reshape(-1)
         bits = index_bits(kernel)
         per_byte = 8 // bits
         index = torch.cat([index, index.new_zeros(-index.numel() % per_byte)]).view(-1, per_byte)
-        return (index << _shifts(bits, x.device)).sum(-1).to(torch.uint8)
+        return maxima, (index << _shifts(bits, x.device)).sum(-1).to(torch.uint8)
 
 
 def _unpacked(packed: torch.Tensor, kernel, shape) -> torch.Tensor:
-    """:func:`window_index`'s positions as int64, shaped ``shape`` (the pooled map's)."""
+    """:func:`window_max`'s positions as int64, shaped ``shape`` (the pooled map's)."""
     bits = index_bits(kernel)
     index = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & ((1 << bits) - 1)
     return index.reshape(-1)[: shape.numel()].view(shape).long()
@@ -58,17 +59,14 @@ def window_values(x: torch.Tensor, packed: torch.Tensor, kernel, stride, padding
 
 
 class CompactMaxPoolFunction(torch.autograd.Function):
-    """Max pooling at given window positions (:func:`window_index`); saves those, packed,
-    and nothing else."""
+    """Max pooling of ``x`` given its result, ``maxima`` at packed window positions ``index``
+    (:func:`window_max`); saves the positions and nothing else."""
 
     @staticmethod
-    @ranged("pool.forward")
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, kernel, stride, padding):
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, maxima: torch.Tensor, kernel, stride, padding):
         ctx.save_for_backward(index)  # an input: the same tensor a recipe refers to
         ctx.window, ctx.size = (kernel, stride, padding), x.shape[-2:]
-        return window_values(
-            x, index, kernel, stride, padding
-        ).clone()  # not a view: may be modified in place
+        return maxima.clone()  # a new tensor, not an input: it may be modified in place
 
     @staticmethod
     @ranged("pool.backward")
@@ -83,7 +81,7 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         cols = (torch.arange(wo, device=grad.device) * sw - pw + position % kw).clamp_(0, w - 1)
         grad_x = grad.new_zeros(n, c, h * w)
         grad_x.scatter_add_(2, (rows * w + cols).view(n, c, -1), grad.reshape(n, c, -1))
-        return grad_x.view(n, c, h, w), None, None, None, None
+        return grad_x.view(n, c, h, w), None, None, None, None, None
 
 
 class CompactMaxPool2d(nn.Module):
@@ -121,8 +119,9 @@ class CompactMaxPool2d(nn.Module):
             )
         window = (self.kernel_size, self.stride, self.padding)
         recipe = provenance.lookup(x)
-        index = window_index(x, *window)
-        values = CompactMaxPoolFunction.apply(x, index, *window)
+        with annotate("pool.forward"):
+            maxima, index = window_max(x, *window)
+            values = CompactMaxPoolFunction.apply(x, index, maxima, *window)
         if recipe is not None and not recipe.pooled_already:  # a block's output: extend its recipe
             provenance.record(values, recipe.pooled(index, window))
         return values
