@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from spectriton import _checks
+from spectriton import _checks, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape
 
@@ -69,7 +69,9 @@ class SpectralConv2d(nn.Module):
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
                 f"groups ({groups})"
             )
-        self.padding = _checks.conv_padding(padding, self._spread, self.stride)
+        self.padding = _checks.conv_padding(
+            padding, transforms.spread(self.kernel_size, self.dilation), self.stride
+        )
         _checks.boolean(bias, "bias")
         if padding_mode != "zeros":
             raise ValueError(
@@ -142,13 +144,8 @@ class SpectralConv2d(nn.Module):
                 self.threshold.fill_(float("nan"))
 
     @property
-    def _spread(self) -> tuple[int, int]:
-        """The kernel's extent with its dilation: ``dilation * (kernel_size - 1) + 1``."""
-        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))  # type: ignore[return-value]
-
-    @property
     def shape(self) -> LayerShape:
-        return LayerShape(self._spread, self.padding, self.stride)
+        return LayerShape(transforms.spread(self.kernel_size, self.dilation), self.padding, self.stride)
 
     def forward(self, x: torch.Tensor | SpectralFlow | list[SpectralFlow]) -> torch.Tensor | SpectralFlow:
         """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow."""

@@ -12,9 +12,11 @@ new dynamic size. The ops themselves stay opaque to the compiler; on CUDA the Tr
 kernels run inside them (:mod:`spectriton.backend` picks them at each call).
 
 The autograd formulas save only what DESIGN.md section 3 allows, through
-``ctx.save_for_backward``: a layer keeps its weight, its sources (the block's spatial input
-or an earlier layer's compressed output, whose storages count once), its output's mask and
-offsets, and its values when split tanh needs them; the output op keeps the mask.
+``ctx.save_for_backward``: a layer keeps its weight, its sources (the block's spatial input,
+or that input's recipe when an earlier block made it, or an earlier layer's compressed
+output, whose storages count once), its output's mask and offsets, and its values when
+split tanh needs them; the output op keeps the mask, and the values and offsets a split
+tanh layer keeps anyway (so that a later block can rebuild its input from them).
 """
 
 import math
@@ -77,7 +79,7 @@ def _config(*args) -> LayerConfig:
         grid=tuple(grid),
         size=tuple(size),
         batch=batch,
-        kernel=tuple(d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:])),
+        kernel=transforms.spread(weight.shape[2:], dilation),
         beta=beta,
         activation=activation,
         value_dtype=value_dtype,
@@ -241,19 +243,19 @@ def _setup_layer(ctx, inputs, output) -> None:
     weight, bias, sources, masks, offsets, *config, _running, rebuild, rebuild_args = inputs
     values, mask, out_offsets, _ = output
     ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
-    ctx.rebuild = (len(rebuild), rebuild_args, sources[0].dtype)
+    ctx.rebuild = (rebuild_args, sources[0].dtype)
     if rebuild:
         sources = [None, *sources[1:]]  # kept as its recipe
-    keep = values if config[6] else None  # split tanh's derivative reads the values
+    keep = values if _config(weight, *config).activation else None  # split tanh's derivative reads them
     ctx.save_for_backward(weight, keep, mask, out_offsets, *sources, *masks, *offsets, *rebuild)
 
 
 def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold):
     weight, values, mask, out_offsets, *saved = ctx.saved_tensors
-    count, (recipe, rebuild_args, dtype) = ctx.sources, ctx.rebuild
+    count, (rebuild_args, dtype) = ctx.sources, ctx.rebuild
     sources, masks = saved[:count], saved[count : 2 * count]
     offsets, rebuild = saved[2 * count : 3 * count], saved[3 * count :]
-    if recipe:
+    if rebuild:  # the spatial source was kept as its recipe
         sources[0] = rebuild_input(rebuild, rebuild_args, dtype)
     wanted = ctx.needs_input_grad
     needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2]]
@@ -377,10 +379,6 @@ def _geometry(args: list[int]) -> BlockGeometry:
     return BlockGeometry(*pairs)
 
 
-def _real(values: Tensor) -> torch.dtype:
-    return torch.float64 if values.dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("spectriton::output", mutates_args=())
 def output(
     values: Tensor,
@@ -434,7 +432,7 @@ def _(values, mask, offsets, batch, channels, geometry, dtype, channels_last, ke
 def _setup_output(ctx, inputs, output) -> None:
     values, mask, offsets, batch, channels, geometry, _dtype, _channels_last, keep_values = inputs
     ctx.save_for_backward(mask, *([values, offsets] if keep_values else []))
-    ctx.nnz, ctx.real, ctx.shape = values.shape[0], _real(values), (batch, channels, geometry)
+    ctx.nnz, ctx.real, ctx.shape = values.shape[0], _compute_dtype(values), (batch, channels, geometry)
 
 
 def _output_grad(ctx, grad_y):

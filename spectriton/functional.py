@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spectriton import _checks, custom_ops, provenance
+from spectriton import _checks, custom_ops, provenance, transforms
 from spectriton.custom_ops import LayerConfig
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 
@@ -102,7 +102,7 @@ def spectral_layer(
         grid=first.geom.grid,
         size=first.geom.size,
         batch=first.batch,
-        kernel=(dilation[0] * (weight.shape[2] - 1) + 1, dilation[1] * (weight.shape[3] - 1) + 1),
+        kernel=transforms.spread(weight.shape[2:], dilation),
         beta=beta,
         activation=activation == "split_tanh",
         value_dtype=value_dtype,

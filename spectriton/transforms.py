@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -164,6 +165,11 @@ def bias_scale(grid: tuple[int, int]) -> float:
     return float(grid[0] * grid[1]) ** 0.5
 
 
+def spread(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, int]:
+    """A dilated kernel's extent: ``dilation * (kernel - 1) + 1`` along each axis."""
+    return tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))  # type: ignore[return-value]
+
+
 def dense_weight(weight: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
     """A grouped, dilated ``nn.Conv2d`` weight ``(O, C / groups, kh, kw)`` as the spectral
     product reads it, ``(O, C, dh (kh - 1) + 1, dw (kw - 1) + 1)``: block-diagonal over
@@ -172,11 +178,10 @@ def dense_weight(weight: torch.Tensor, groups: int, dilation: tuple[int, int]) -
     if groups == 1 and tuple(dilation) == (1, 1):
         return weight
     (dh, dw), (out_channels, per_group, kh, kw) = dilation, weight.shape
-    spread = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    dense = weight.new_zeros(groups, out_channels // groups, groups, per_group, *spread)
+    dense = weight.new_zeros(groups, out_channels // groups, groups, per_group, *spread((kh, kw), dilation))
     group = torch.arange(groups, device=weight.device)
     dense[group, :, group, :, ::dh, ::dw] = weight.view(groups, out_channels // groups, per_group, kh, kw)
-    return dense.view(out_channels, groups * per_group, *spread)
+    return dense.view(out_channels, groups * per_group, *dense.shape[-2:])
 
 
 def dense_weight_adjoint(grad: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
