@@ -16,7 +16,7 @@ from spectriton import _checks, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape
 
-MOMENTUM = 0.1  # of the running threshold in density mode, as nn.BatchNorm2d's
+MOMENTUM = 0.1  # of the running threshold (density mode) and moments (normalize), as nn.BatchNorm2d's
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
 
 
@@ -33,6 +33,16 @@ class SpectralConv2d(nn.Module):
     about a fraction ``d`` of the product's entries (a quantile of their magnitudes), and a
     running average of those thresholds, the ``threshold`` buffer, is used in eval mode.
     Every layer then keeps something, however deep, and memory follows the budget.
+
+    ``normalize=True`` normalises each output channel of the product as BatchNorm does,
+    before the threshold: its mean (on the grid: the DC bin) is taken off and it is divided
+    by its standard deviation (the mean square by Parseval): what the layer keeps, and the
+    scale it passes on, no longer depend on the weights' scale, and ``beta`` is relative to
+    each channel's standard deviation. The moments used are the ``running_moments`` buffer
+    (``(2, out_channels)``: mean and mean square, running averages of the batches', momentum
+    ``MOMENTUM``; the first training batch calibrates them in a forward without autograd):
+    constants of each step, so the gradients are exact for the forward computed.
+    ``spectriton.convert`` sets it on layers that absorb a BatchNorm.
 
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
@@ -54,6 +64,7 @@ class SpectralConv2d(nn.Module):
         padding_mode: str = "zeros",
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
+        normalize: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -87,6 +98,12 @@ class SpectralConv2d(nn.Module):
         self.last_density: float | None = None
         if self.density is not None:
             self.register_buffer("threshold", torch.full((), float("nan"), device=device))
+        self.normalize = _checks.boolean(normalize, "normalize")
+        if self.normalize:
+            self.register_buffer(
+                "running_moments", torch.full((2, out_channels), float("nan"), device=device)
+            )
+        self._moments_checked = False  # whether running_moments is known to be calibrated
         factory = {"device": device, "dtype": _checks.real_dtype(dtype)}
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
@@ -128,47 +145,63 @@ class SpectralConv2d(nn.Module):
             **options,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
-        if layer.density is not None:
-            layer.threshold = torch.full((), float("nan"), device=conv.weight.device)
+        for name, buffer in layer.named_buffers():  # uncalibrated, on conv's device
+            setattr(layer, name, torch.full_like(buffer, float("nan"), device=conv.weight.device))
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        """``nn.Conv2d``'s state_dict loads strictly: a density budget's running ``threshold``
-        is optional (missing, it starts uncalibrated)."""
+        """``nn.Conv2d``'s state_dict loads strictly: the running ``threshold`` and
+        ``running_moments`` buffers are optional (missing, they start uncalibrated)."""
         missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args)
-        key = prefix + "threshold"
-        if self.density is not None and key not in state_dict and key in missing_keys:
-            missing_keys.remove(key)
-            with torch.no_grad():
-                self.threshold.fill_(float("nan"))
+        for name, buffer in self.named_buffers(recurse=False):
+            key = prefix + name
+            if key not in state_dict and key in missing_keys:
+                missing_keys.remove(key)
+                with torch.no_grad():
+                    buffer.fill_(float("nan"))
+        self._moments_checked = False
+
+    @property
+    def recomputes(self) -> bool:
+        """Whether backward recomputes this layer's kept values rather than keeping them: a
+        strided split tanh layer, whose spectrum lies on its input's grid, ``stride**2``
+        times its output's size (DESIGN.md section 3: no layer keeps more than needed)."""
+        return self.activation is not None and self.stride != (1, 1)
 
     @property
     def shape(self) -> LayerShape:
         return LayerShape(transforms.spread(self.kernel_size, self.dilation), self.padding, self.stride)
 
-    def forward(self, x: torch.Tensor | SpectralFlow | list[SpectralFlow]) -> torch.Tensor | SpectralFlow:
-        """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow."""
+    def forward(
+        self, x: torch.Tensor | SpectralFlow | list[SpectralFlow], residual: torch.Tensor | None = None
+    ) -> torch.Tensor | SpectralFlow:
+        """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow.
+        ``residual`` (shaped as the output) is added before the threshold and activation."""
         flows = [x] if isinstance(x, SpectralFlow) else x
         if isinstance(flows, (list, tuple)) and flows and all(isinstance(f, SpectralFlow) for f in flows):
-            return self.step(flows)
-        return run_layers([self], x, hooks=False)
+            return self.step(flows, residual)
+        return run_layers([self], x, hooks=False, residual=residual)
 
-    def step(self, flows: list[SpectralFlow]) -> SpectralFlow:
+    def step(self, flows: list[SpectralFlow], residual: torch.Tensor | None = None) -> SpectralFlow:
         """Product with this layer's kernel spectrum, threshold and activation, on the
-        spectral flow of a block (several flows in a dense block, channels in order)."""
+        spectral flow of a block (several flows in a dense block, channels in order);
+        ``residual``, a spatial batch shaped as the block's output, is added to the product
+        (after the normalisation) in the spectral domain."""
         eval_budget = self.density is not None and not self.training
+        moments = self.running_moments if self.normalize else None
+        if self.normalize and self.training and not self._moments_checked:
+            self._calibrate(flows)
         flow = spectral_layer(
             flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
             self.density, running=self.threshold if eval_budget else None, groups=self.groups,
-            dilation=self.dilation,
+            dilation=self.dilation, moments=moments, residual=residual, recompute=self.recomputes,
         )  # fmt: skip
-        if self.density is not None and self.training:
-            with torch.no_grad():  # on the device: no host synchronisation
-                used = flow.beta.to(self.threshold)
-                first = torch.isnan(self.threshold)
-                updated = torch.where(first, used, torch.lerp(self.threshold, used, MOMENTUM))
-                self.threshold.copy_(torch.where(torch.isfinite(used), updated, self.threshold))
+        if self.training:
+            if self.density is not None:
+                _update_running(self.threshold, flow.beta)
+            if self.normalize:
+                _update_running(self.running_moments, flow.moments)
         if not torch.compiler.is_compiling():  # a host number: eager only
             self.last_density = flow.density
             if self.training and self.last_density < STARVED and not getattr(self, "_warned", False):
@@ -180,6 +213,22 @@ class SpectralConv2d(nn.Module):
                     stacklevel=2,
                 )
         return flow
+
+    def _calibrate(self, flows: list[SpectralFlow]) -> None:
+        """Set uncalibrated ``running_moments`` to this batch's, in a forward without
+        autograd (eager only: compiled, the op falls back on the batch's moments)."""
+        if torch.compiler.is_compiling():
+            return
+        if torch.isnan(self.running_moments).any():
+            with torch.no_grad():
+                flow = spectral_layer(
+                    flows, self.weight, self.bias, self.padding, self.beta, self.activation,
+                    self.value_dtype, self.density, groups=self.groups, dilation=self.dilation,
+                    moments=self.running_moments,
+                )  # fmt: skip
+                running = self.running_moments
+                running.copy_(torch.where(torch.isnan(running), flow.moments, running))
+        self._moments_checked = True
 
     def extra_repr(self) -> str:
         text = (
@@ -196,7 +245,18 @@ class SpectralConv2d(nn.Module):
             text += f", value_dtype={self.value_dtype}"
         if self.density is not None:
             text += f", density={self.density}"
+        if self.normalize:
+            text += ", normalize=True"
         return text
+
+
+def _update_running(running: torch.Tensor, batch: torch.Tensor) -> None:
+    """``running`` toward ``batch`` by ``MOMENTUM`` (set to it while NaN), where ``batch`` is
+    finite; on the device, no host synchronisation."""
+    with torch.no_grad():
+        batch = batch.to(running)
+        updated = torch.where(torch.isnan(running), batch, torch.lerp(running, batch, MOMENTUM))
+        running.copy_(torch.where(torch.isfinite(batch), updated, running))
 
 
 class SpectralSequential(nn.Sequential):
@@ -231,18 +291,25 @@ def _parameters(layers: list[SpectralConv2d]) -> list[torch.Tensor]:
     return [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
 
 
-def run_layers(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True) -> torch.Tensor:
+def run_layers(
+    layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True, residual: torch.Tensor | None = None
+) -> torch.Tensor:
     """Check ``x`` and run ``layers`` as one spectral block.
 
     With ``hooks``, each layer is called as a module, so hooks (and the memory accounting)
-    see each one, with :class:`SpectralFlow` objects as input and output.
+    see each one, with :class:`SpectralFlow` objects as input and output. ``residual``
+    (shaped as the output; the last layer has stride 1) is added to the last layer's
+    product before its threshold and activation: a residual block whose add and activation
+    stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])
     if x.shape[0] == 0:
-        return empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
-    for layer in layers:
-        flow = layer(flow) if hooks else layer.step([flow])
+        anchor = empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
+        return anchor if residual is None else anchor + residual.sum() * 0
+    for index, layer in enumerate(layers):
+        extra = residual if index == len(layers) - 1 else None
+        flow = layer(flow, extra) if hooks else layer.step([flow], extra)
     return spectral_output(flow)
 
 
@@ -282,11 +349,24 @@ class SpectralDenseBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checks.spatial_input(x, self.in_channels)
-        layers = list(self.layers)
-        flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]
-        if x.shape[0] == 0:
-            return empty_output(x, _parameters(layers), self.out_channels, x.shape[-2:])
-        for layer in layers:
-            flows.append(layer(flows))
-        return torch.cat([spectral_output(flow) for flow in flows], dim=1)
+        return run_dense_layers([[layer] for layer in self.layers], x)
+
+
+def run_dense_layers(stages: list[list[SpectralConv2d]], x: torch.Tensor) -> torch.Tensor:
+    """Run a dense block in the spectral domain: stage ``i``'s first layer reads ``x`` and
+    every earlier stage's output (channels concatenated in that order), its later layers
+    (a bottleneck's) read the layer before. Returns ``x`` and every stage's output
+    concatenated. Each source stays compressed once; no concatenated copy is made before
+    the output."""
+    _checks.spatial_input(x, stages[0][0].in_channels)
+    layers = [layer for stage in stages for layer in stage]
+    flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]
+    if x.shape[0] == 0:
+        channels = x.shape[1] + sum(stage[-1].out_channels for stage in stages)
+        return empty_output(x, _parameters(layers), channels, x.shape[-2:])
+    for stage in stages:
+        flow = stage[0](flows)
+        for layer in stage[1:]:
+            flow = layer(flow)
+        flows.append(flow)
+    return torch.cat([spectral_output(flow) for flow in flows], dim=1)

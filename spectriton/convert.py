@@ -6,10 +6,13 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
 - ``activation=None``: every eligible ``nn.Conv2d`` becomes a
   :class:`~spectriton.SpectralConv2d` sharing its parameters.
 - ``activation="split_tanh"`` (SpecNet): each container's ``forward`` is traced with
-  ``torch.fx`` (its children as leaves). A convolution followed by ``BatchNorm2d`` and/or
-  ``ReLU`` becomes a spectral layer with split tanh, the BN and ReLU are bypassed;
-  consecutive such convolutions at one resolution share one spectral block; a
-  convolution followed by neither keeps a threshold but no activation. ``MaxPool2d``
+  ``torch.fx`` (its children as leaves; see :mod:`spectriton.patterns`). A convolution
+  followed by ``BatchNorm2d`` and/or ``ReLU`` becomes a spectral layer with split tanh,
+  the BN and ReLU are bypassed (the BN's normalisation stays: the layer divides each
+  channel by its running RMS); consecutive such convolutions at one resolution share one
+  spectral block; a convolution followed by neither keeps a threshold but no activation.
+  A dense block (DenseNet's pattern) becomes one spectral dense block: every source kept
+  compressed once, no concatenated copies. ``MaxPool2d``
   (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
   that keeps nothing. The container's class becomes ``Spectral<Name>``, a subclass of its
   own whose ``forward`` is the rewritten graph's (children, buffers and attributes stay;
@@ -26,6 +29,7 @@ undoes a conversion.
 from __future__ import annotations
 
 import importlib
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +37,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from spectriton import _checks
-from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential, run_layers
+from spectriton import _checks, patterns
+from spectriton.conv import (
+    SpectralConv2d,
+    SpectralDenseBlock,
+    SpectralSequential,
+    run_dense_layers,
+    run_layers,
+)
 from spectriton.pooling import CompactAvgPool2d, CompactMaxPool2d
 
 _STATE = "_spectriton_converted"  # on a container whose forward convert replaced
@@ -75,16 +85,19 @@ class _Options:
     activation: str | None
     value_dtype: torch.dtype | None
     filter_fn: Callable[[nn.Module, str], bool] | None
+    normalize: bool = True
 
-    def layer(self, conv: nn.Conv2d, activation: str | None) -> SpectralConv2d:
+    def layer(self, conv: nn.Conv2d, activation: str | None, normalize: bool = False) -> SpectralConv2d:
+        """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm."""
         layer = SpectralConv2d.from_conv(
-            conv, beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype
-        )
+            conv, beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype,
+            normalize=normalize and self.normalize,
+        )  # fmt: skip
         _copy_hooks(conv, layer)
         return layer
 
 
-def _options(model, beta, activation, density, filter_fn, value_dtype) -> _Options:
+def _options(model, beta, activation, density, filter_fn, value_dtype, normalize) -> _Options:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if filter_fn is not None:
@@ -93,7 +106,8 @@ def _options(model, beta, activation, density, filter_fn, value_dtype) -> _Optio
     activation = _checks.activation(activation)
     if value_dtype is None and activation is not None:  # SpecNet mode: bfloat16 values by default
         value_dtype = torch.bfloat16
-    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn)
+    normalize = _checks.boolean(normalize, "normalize")
+    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn, normalize)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -135,27 +149,6 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-class _ChildTracer(fx.Tracer):
-    """Traces one container's own forward: every submodule call stays a leaf."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return True
-
-
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu6)
-
-
-@dataclass
-class _Chain:
-    """Convolutions (child names) that become one spectral block, and the nodes they replace."""
-
-    convs: list[str] = field(default_factory=list)
-    nodes: list[fx.Node] = field(default_factory=list)
-    absorbed: list[str] = field(default_factory=list)
-    activated: list[bool] = field(default_factory=list)
-
-
 @dataclass
 class _ContainerEdit:
     """What convert does to one container: child swaps and, maybe, a new forward."""
@@ -177,10 +170,61 @@ class _Analysis:
             if not reason:
                 self.root_swap = opts.layer(model, None)
             return
+        done: set[str] = set()  # the layers of a dense block already rewritten
         for fqn, module in model.named_modules():
             if isinstance(module, (SpectralConv2d, SpectralSequential, SpectralDenseBlock)):
                 continue
+            if fqn in done or fqn.rpartition(".")[0] in done:
+                done.add(fqn)
+                continue
+            if opts.activation is not None and self._dense_block(fqn, module):
+                done.update(_join(fqn, name) for name, _ in module.named_children())
+                continue
             self._container(fqn, module)
+
+    def _dense_block(self, fqn: str, module: nn.Module) -> bool:
+        """Rewrite ``module`` as one spectral dense block if it is one (see
+        :mod:`spectriton.patterns`); returns whether it was."""
+
+        def eligible(conv: nn.Conv2d, name: str) -> bool:
+            return not _conv_skip_reason(conv, _join(fqn, name), self.opts)
+
+        layers = patterns.dense_block(module, eligible) if len(module._modules) else None
+        if layers is None:
+            return False
+        edit = _ContainerEdit(fqn, module, graph=fx.Graph())
+        x = edit.graph.placeholder(next(iter(inspect.signature(module.forward).parameters)))
+        head = fqn or "(root)"
+        pre = "pre-activation: the sources are kept activated by the layers that made them"
+        stages = []
+        for index, layer in enumerate(layers):
+            child = module.get_submodule(layer.name)
+            bottleneck, features = (_join(layer.name, name) for name in layer.convs)
+            bypassed = [(name, pre) for name in layer.pre]
+            bypassed += [
+                (name, f"absorbed by the layer at {_join(fqn, bottleneck)}") for name in layer.between
+            ]
+            for name, why in bypassed:
+                norm = child.get_submodule(name)
+                self.rows.append(
+                    PlanRow(_join(fqn, _join(layer.name, name)), type(norm).__name__, "bypassed", why)
+                )
+                edit.frozen += [p for p in norm.parameters() if p.requires_grad]
+            stage = []
+            for qualified, activated, normalized, role in zip(
+                (bottleneck, features), layer.activated, layer.normalized, ("bottleneck", "output")
+            ):
+                conv = module.get_submodule(qualified)
+                edit.swaps[qualified] = self.opts.layer(conv, "split_tanh" if activated else None, normalized)
+                stage.append(edit.graph.get_attr(qualified))
+                action = "spectral layer" if activated else "spectral conv"
+                reason = _layer_reason(activated, normalized)
+                reason += f"; {role} of layer {index} of the dense block at {head}"
+                self.rows.append(PlanRow(_join(fqn, qualified), "Conv2d", action, reason))
+            stages.append(stage)
+        edit.graph.output(edit.graph.call_function(run_dense_layers, (stages, x)))
+        self.edits.append(edit)
+        return True
 
     def _children(self, module: nn.Module, fqn: str):
         convs, pools = {}, {}
@@ -223,14 +267,14 @@ class _Analysis:
     def _specnet(self, edit: _ContainerEdit, eligible: dict[str, nn.Conv2d]) -> None:
         fqn, module = edit.fqn, edit.module
         try:
-            graph = _ChildTracer().trace(module)
+            graph = patterns.trace(module)
         except Exception as error:  # any failure to trace means: swap the convolutions alone
             why = f"forward does not trace ({type(error).__name__}): conv swapped alone, threshold only"
             for name, conv in eligible.items():
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", why))
                 edit.swaps[name] = self.opts.layer(conv, None)
             return
-        calls = _module_calls(graph)
+        calls = patterns.module_calls(graph)
         for name, conv in list(eligible.items()):
             if calls.get(name, 0) != 1:
                 why = (
@@ -242,16 +286,21 @@ class _Analysis:
                 if name in calls:
                     edit.swaps[name] = self.opts.layer(conv, None)
                 del eligible[name]
-        chains = _find_chains(graph, module, eligible, calls)
+        chains = patterns.find_chains(graph, module, eligible)
         for chain in chains:
             head = _join(fqn, chain.convs[0])
-            for index, (name, activated) in enumerate(zip(chain.convs, chain.activated)):
+            for index, name in enumerate(chain.convs):
+                activated, normalized = chain.activated[index], chain.normalized[index]
                 action = "spectral layer" if activated else "spectral conv"
-                reason = "split tanh" if activated else "no BN/ReLU after it: threshold only"
+                reason = _layer_reason(activated, normalized)
                 if len(chain.convs) > 1:
                     reason += f"; layer {index} of the block at {head}"
+                if chain.residual is not None and index == len(chain.convs) - 1:
+                    reason += f"; adds the shortcut ({chain.residual.name}) before it, spectrally"
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", action, reason))
-                edit.swaps[name] = self.opts.layer(eligible[name], "split_tanh" if activated else None)
+                edit.swaps[name] = self.opts.layer(
+                    eligible[name], "split_tanh" if activated else None, normalized
+                )
             for name in chain.absorbed:
                 if name in calls:  # a child module
                     row = PlanRow(_join(fqn, name), type(module.get_submodule(name)).__name__, "bypassed")
@@ -272,92 +321,29 @@ class _Analysis:
             return self.root_swap
         for edit in self.edits:
             for name, new in edit.swaps.items():
-                setattr(edit.module, name, new)
+                parent, _, child = name.rpartition(".")
+                setattr(edit.module.get_submodule(parent), child, new)
             if edit.graph is not None:
                 _replace_forward(edit.module, edit.graph, edit.frozen)
         return model
 
 
-def _module_calls(graph: fx.Graph) -> dict[str, int]:
-    """How many times each child module is called in the traced forward."""
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    return calls
+def _layer_reason(activated: bool, normalized: bool) -> str:
+    if not activated:
+        return "no BN/ReLU after it: threshold only"
+    return "split tanh, normalised for its BN" if normalized else "split tanh"
 
 
-def _is_activation(node: fx.Node, module: nn.Module) -> bool:
-    if node.op == "call_module":
-        return type(module.get_submodule(node.target)) in _ACTIVATIONS
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in ("relu", "relu_", "relu6")
-
-
-def _call_name(node: fx.Node) -> str:
-    """A readable name for a function or method call: ``torch.relu``, ``Tensor.relu_()``."""
-    if node.op == "call_method":
-        return f"Tensor.{node.target}()"
-    target = node.target
-    return f"{getattr(target, '__module__', None) or 'torch'}.{getattr(target, '__name__', target)}"
-
-
-def _only_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    if len(users) != 1 or users[0].args[:1] != (node,):
-        return None
-    return users[0]
-
-
-def _find_chains(graph, module, eligible, calls) -> list[_Chain]:
-    """Convolution chains in the traced graph: conv [BN] [ReLU], then the next conv when
-    the previous one keeps the resolution (stride 1, size-preserving padding)."""
-    chains, used = [], set()
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in eligible or node in used:
-            continue
-        chain, current = _Chain(), node
-        while True:
-            chain.convs.append(current.target)
-            chain.nodes.append(current)
-            used.add(current)
-            end, activated = current, False
-            for kind in ("bn", "act"):
-                user = _only_user(end)
-                if user is None:
-                    break
-                is_bn = user.op == "call_module" and type(module.get_submodule(user.target)) is nn.BatchNorm2d
-                if (kind == "bn" and is_bn) or (kind == "act" and _is_activation(user, module)):
-                    chain.nodes.append(user)
-                    chain.absorbed.append(user.target if user.op == "call_module" else _call_name(user))
-                    end, activated = user, True
-            chain.activated.append(activated)
-            conv = eligible[current.target]
-            user = _only_user(end)
-            same_size = conv.stride == (1, 1) and conv.padding in (
-                "same",
-                tuple(k // 2 for k in conv.kernel_size),
-            )
-            odd = all(k % 2 == 1 for k in conv.kernel_size)
-            if not (activated and same_size and odd and user is not None):
-                break
-            if user.op != "call_module" or user.target not in eligible or user in used or len(user.args) != 1:
-                break
-            current = user
-        chains.append(chain)
-    return chains
-
-
-def _rewrite(graph: fx.Graph, chains: list[_Chain]) -> None:
+def _rewrite(graph: fx.Graph, chains: list[patterns.Chain]) -> None:
     """Replace each chain's nodes by one call running its layers as a spectral block."""
     for chain in chains:
         if not chain.absorbed and len(chain.convs) == 1:
             continue
         first, last = chain.nodes[0], chain.nodes[-1]
-        with graph.inserting_before(first):
+        with graph.inserting_before(last):  # after the shortcut, which may come late
             layers = [graph.get_attr(name) for name in chain.convs]
-            block = graph.call_function(run_layers, (layers, first.args[0]))
+            residual = {} if chain.residual is None else {"residual": chain.residual}
+            block = graph.call_function(run_layers, (layers, first.args[0]), residual)
         last.replace_all_uses_with(block)
         for node in reversed(chain.nodes):
             graph.erase_node(node)
@@ -426,16 +412,18 @@ def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
 def plan(
     model: nn.Module,
     *,
-    beta: float = _checks.DEFAULT_BETA,
+    beta: float = _checks.CONVERT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     value_dtype: torch.dtype | None = None,
+    normalize: bool = True,
 ) -> Plan:
     """What :func:`convert` would do with the same options: one row per convolution,
     pool and bypassed layer (qualified name, type, action, reason). The model is not
     touched. Rows follow the order of ``model.named_modules()``."""
-    rows = _Analysis(model, _options(model, beta, activation, density, filter_fn, value_dtype)).rows
+    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize)
+    rows = _Analysis(model, opts).rows
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return Plan(sorted(rows, key=lambda row: order.get(row.name, len(order))))
 
@@ -443,22 +431,29 @@ def plan(
 def convert(
     model: nn.Module,
     *,
-    beta: float = _checks.DEFAULT_BETA,
+    beta: float = _checks.CONVERT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     value_dtype: torch.dtype | None = None,
+    normalize: bool = True,
 ) -> nn.Module:
     """Swap spectral layers into ``model`` in place and return it (see the module doc).
 
     ``filter_fn(module, qualified_name) -> bool`` chooses which convolutions and pools to
-    swap. ``density`` replaces ``beta`` by a per-layer budget of kept entries.
+    swap. ``beta`` (default 1.0: in a layer that absorbs a BatchNorm, one standard
+    deviation of each channel) is the threshold; ``density`` replaces it by a per-layer
+    budget of kept entries.
     ``value_dtype`` None stores kept values as bfloat16 pairs in SpecNet mode and exactly in
-    linear mode (``torch.complex64`` asks for full precision in both). Parameters are
+    linear mode (``torch.complex64`` asks for full precision in both). ``normalize`` (SpecNet
+    mode) makes each layer that absorbs a BatchNorm a normalised one
+    (:class:`~spectriton.SpectralConv2d`'s ``normalize``): it divides each channel by its
+    running RMS, as the BN did, so that what it keeps does not depend on the weights' scale
+    and ``beta`` is relative to that RMS; False bypasses the BN only. Parameters are
     shared, not copied; device, dtype, training flag, buffers and the hooks of swapped
     modules are kept.
     """
-    opts = _options(model, beta, activation, density, filter_fn, value_dtype)
+    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize)
     return _Analysis(model, opts).apply(model)
 
 
@@ -502,7 +497,8 @@ def revert(model: nn.Module) -> nn.Module:
     BN and ReLU layers that a SpecNet conversion bypassed come back as they were before
     it (their parameters did not train meanwhile); a ``SpectralSequential`` becomes an
     ``nn.Sequential`` of its convolutions without activations, a ``SpectralDenseBlock``
-    is left as it is (it has no spatial twin), and density thresholds are dropped.
+    is left as it is (it has no spatial twin), and density thresholds and running powers
+    are dropped.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

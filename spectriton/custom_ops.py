@@ -28,10 +28,13 @@ from torch import Tensor
 
 from spectriton import transforms
 from spectriton.backend import ops
-from spectriton.compressed import CompressedSpectrum, mask_words, unpack_bits
+from spectriton.compressed import CompressedSpectrum, kept_positions, mask_words, unpack_bits
 from spectriton.geometry import BlockGeometry
 from spectriton.nvtx import annotate
 from spectriton.pooling import window_values
+from spectriton.reference import pack, unpack
+
+NORM_EPS = 1e-5  # added to a normalised layer's variance, as nn.BatchNorm2d's eps
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class LayerConfig:
     A layer reads one or more sources (several in a dense block); ``channels[s]`` and
     ``shifts[s]`` give each source's channel count and kernel shift. ``density``, when set,
     replaces ``beta`` by the threshold that keeps that fraction of the product's entries.
+    ``recompute``: backward recomputes the kept values from the sources instead of keeping
+    them (a strided layer, whose spectrum on its input's grid outweighs its output).
     """
 
     grid: tuple[int, int]
@@ -55,6 +60,7 @@ class LayerConfig:
     density: float | None = None
     groups: int = 1
     dilation: tuple[int, int] = (1, 1)
+    recompute: bool = False
 
     def describe(self, weight: Tensor) -> str:
         """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
@@ -67,13 +73,14 @@ class LayerConfig:
         return (
             list(self.grid), list(self.size), self.batch, list(self.channels), shifts,
             self.beta, self.activation, self.value_dtype, self.density, self.groups, list(self.dilation),
+            self.recompute,
         )  # fmt: skip
 
 
 def _config(*args) -> LayerConfig:
     """:class:`LayerConfig` back from ``weight`` and :meth:`LayerConfig.op_args`."""
     weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation = (
-        args
+        args[:12]
     )
     return LayerConfig(
         grid=tuple(grid),
@@ -88,6 +95,7 @@ def _config(*args) -> LayerConfig:
         density=density,
         groups=groups,
         dilation=tuple(dilation),
+        recompute=args[12],
     )
 
 
@@ -155,8 +163,27 @@ def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> C
     )
 
 
-def _summed_forward(backend, weight, bias, cfg, real, sources) -> tuple[CompressedSpectrum, Tensor | float]:
-    """Several sources (a dense block) or a density budget: the dense product first."""
+def _summed_forward(
+    backend, weight, bias, cfg, real, sources, moments, residual
+) -> tuple[CompressedSpectrum, Tensor | float, Tensor]:
+    """Several sources (a dense block), a density budget, a normalised layer or a residual:
+    the dense product first. With ``moments`` (see :func:`layer`), the product is
+    normalised per channel, then ``residual`` is added; returns the compressed output, the
+    threshold used and the batch's moments."""
+    product = _dense_product(backend, weight, bias, cfg, real, sources)
+    batch_moments = product.real.new_empty(0)
+    if moments is not None:
+        batch_moments = channel_moments(product, cfg.grid)
+        _normalise_(product, torch.where(torch.isnan(moments), batch_moments, moments), cfg.grid)
+    if residual is not None:
+        product.add_(residual.to(product.dtype))
+    beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
+    out = backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid)
+    return out, beta, batch_moments
+
+
+def _dense_product(backend, weight, bias, cfg, real, sources) -> Tensor:
+    """The layer's product spectrum ``(bins, N, O)``, summed over its sources."""
     product, start = None, 0
     for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
         spectrum_in = _layer_input(inputs, mask, offsets, cfg.batch, channels, cfg.grid, real)
@@ -167,9 +194,44 @@ def _summed_forward(backend, weight, bias, cfg, real, sources) -> tuple[Compress
         part = backend.product(spectrum_in, kernel, bias_dc)
         product = part if product is None else product.add_(part)
         start += channels
-    del spectrum_in, part, kernel
-    beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
-    return backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid), beta
+    return product
+
+
+def _normalise_(product: Tensor, moments: Tensor, grid: tuple[int, int]) -> None:
+    """Centre each channel of ``product`` (its DC bin) and divide it by its standard
+    deviation, from its ``moments`` (``(2, O)``), in place."""
+    product[0] -= (moments[0] * transforms.bias_scale(grid)).to(product.real.dtype)
+    product.mul_(moments_scale(moments).to(product.real.dtype))
+
+
+def _recomputed_values(backend, weight, bias, cfg, real, sources, moments, mask, nnz) -> Tensor:
+    """The kept values of a layer that did not keep them: its product again (normalised
+    with the moments it used), split tanh at the entries ``mask`` keeps."""
+    product = _dense_product(backend, weight, bias, cfg, real, sources)
+    if moments is not None:
+        _normalise_(product, moments, cfg.grid)
+    return torch.tanh(pack(product, mask, nnz)).to(cfg.value_dtype or real)
+
+
+def channel_moments(product: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Mean and mean square of each channel's maps on the grid, from their half spectra
+    ``(bins, N, O)``: the mean from the DC bin, the mean square by Parseval (mirrored
+    columns count twice). Float32 ``(2, O)``."""
+    magnitude = product.real.square() + product.imag.square()
+    weights = torch.full((grid[1] // 2 + 1,), 2.0, dtype=magnitude.dtype, device=magnitude.device)
+    weights[0] = 1.0
+    if grid[1] % 2 == 0:
+        weights[-1] = 1.0
+    per_bin = magnitude.view(grid[0], grid[1] // 2 + 1, *magnitude.shape[1:]).sum(0).sum(1)
+    power = weights @ per_bin / (grid[0] * grid[1] * magnitude.shape[1])
+    mean = product[0].real.mean(0) / transforms.bias_scale(grid)
+    return torch.stack([mean, power]).float()
+
+
+def moments_scale(moments: Tensor) -> Tensor:
+    """A normalised layer's per-channel factor, ``rsqrt(variance + eps)``, from its moments."""
+    mean, power = moments
+    return torch.rsqrt((power - mean.square()).clamp(min=0) + NORM_EPS)
 
 
 @torch.library.custom_op("spectriton::layer", mutates_args=())
@@ -190,22 +252,33 @@ def layer(
     density: Optional[float],
     groups: int,
     dilation: list[int],
+    recompute: bool,
     running: Optional[Tensor],
+    moments: Optional[Tensor],
+    residual: Optional[Tensor],
     rebuild: list[Tensor],
     rebuild_args: list[int],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One layer on the spectral grid; returns ``(values, mask, offsets, threshold)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer on the spectral grid; returns ``(values, mask, offsets, threshold, moments)``.
 
     Each source is ``(inputs[s], masks[s], offsets[s])``: a spatial batch (mask None) or an
     earlier layer's compressed output. ``weight`` is shaped as ``nn.Conv2d``'s with
     ``groups`` and ``dilation``. ``running``, when given and calibrated (not NaN),
     is the threshold to use instead of the density budget's quantile (eval mode).
+    ``moments``, when given (``(2, O)``: each channel's mean and mean square on the grid),
+    normalises the layer as BatchNorm does: each output channel's mean is taken from its DC
+    bin and its product divided by its standard deviation before the threshold, using
+    ``moments`` where calibrated, the batch's where NaN; the batch's moments are returned
+    (else empty).
+    ``residual``, a dense complex ``(bins, N, O)`` spectrum, is added after that (a residual
+    connection, whose sum the threshold and split tanh then act on).
     ``rebuild`` and ``rebuild_args``, when not empty, are the recipe of the spatial source
     ``inputs[0]`` (:mod:`spectriton.provenance`): backward keeps them instead of it.
     """
     cfg = _config(
-        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation
-    )
+        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation,
+        recompute,
+    )  # fmt: skip
     if running is not None:
         calibrated = float(running)  # one host read, as sizing the values needs anyway
         if not math.isnan(calibrated):
@@ -215,17 +288,21 @@ def layer(
         backend = ops(weight.device)
         real = _compute_dtype(weight, *inputs)
         sources = list(zip(inputs, masks, offsets))
-        if len(sources) == 1 and cfg.density is None:
+        if len(sources) == 1 and cfg.density is None and moments is None and residual is None:
             out, used = _fused_forward(backend, weight, bias, cfg, real, *sources[0]), cfg.beta
+            batch_moments = weight.new_empty(0, dtype=torch.float32)
         else:
-            out, used = _summed_forward(backend, weight, bias, cfg, real, sources)
+            out, used, batch_moments = _summed_forward(
+                backend, weight, bias, cfg, real, sources, moments, residual
+            )
     threshold = torch.as_tensor(used, dtype=torch.float64, device=weight.device).clone()
-    return out.values, out.mask, out.offsets, threshold
+    return out.values, out.mask, out.offsets, threshold, batch_moments
 
 
 @layer.register_fake
 def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
-      value_dtype, density, groups, dilation, running, rebuild, rebuild_args):  # fmt: skip
+      value_dtype, density, groups, dilation, recompute, running, moments, residual, rebuild,
+      rebuild_args):  # fmt: skip
     out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
     nnz = torch.library.get_ctx().new_dynamic_size()
     real = _compute_dtype(weight, *inputs)
@@ -236,36 +313,60 @@ def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts,
         mask,
         weight.new_empty(bins + 1, dtype=torch.int64),
         weight.new_empty((), dtype=torch.float64),
+        weight.new_empty((0,) if moments is None else (2, out_channels), dtype=torch.float32),
     )
 
 
 def _setup_layer(ctx, inputs, output) -> None:
-    weight, bias, sources, masks, offsets, *config, _running, rebuild, rebuild_args = inputs
-    values, mask, out_offsets, _ = output
+    weight, bias, sources, masks, offsets, *config, _running, moments, residual, rebuild, rebuild_args = (
+        inputs
+    )
+    values, mask, out_offsets, _, batch_moments = output
     ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
+    ctx.residual = residual is not None
+    used = None if moments is None else torch.where(torch.isnan(moments), batch_moments, moments)
     ctx.rebuild = (rebuild_args, sources[0].dtype)
     if rebuild:
         sources = [None, *sources[1:]]  # kept as its recipe
-    keep = values if _config(weight, *config).activation else None  # split tanh's derivative reads them
-    ctx.save_for_backward(weight, keep, mask, out_offsets, *sources, *masks, *offsets, *rebuild)
+    cfg = _config(weight, *config)
+    keep = values if cfg.activation and not cfg.recompute else None  # split tanh's derivative reads them
+    ctx.save_for_backward(weight, bias, keep, mask, out_offsets, used, *sources, *masks, *offsets, *rebuild)
 
 
-def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold):
-    weight, values, mask, out_offsets, *saved = ctx.saved_tensors
+def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _grad_moments):
+    weight, bias, values, mask, out_offsets, moments, *saved = ctx.saved_tensors
     count, (rebuild_args, dtype) = ctx.sources, ctx.rebuild
     sources, masks = saved[:count], saved[count : 2 * count]
     offsets, rebuild = saved[2 * count : 3 * count], saved[3 * count :]
     if rebuild:  # the spatial source was kept as its recipe
         sources[0] = rebuild_input(rebuild, rebuild_args, dtype)
     wanted = ctx.needs_input_grad
-    needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2]]
+    needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2], ctx.residual and wanted[19]]
     grads = layer_backward(
-        grad_values, weight, values, mask, out_offsets, sources, masks, offsets, *ctx.config, needs
+        grad_values,
+        weight,
+        bias,
+        values,
+        mask,
+        out_offsets,
+        sources,
+        masks,
+        offsets,
+        *ctx.config,
+        moments,
+        needs,
     )
     grads = [g if need else None for g, need in zip(grads, needs)]
-    config = [None] * 12  # grid ... running
-    rest = [_no_grads(masks), _no_grads(offsets), *config, _no_grads(rebuild), _no_grads(rebuild_args)]
-    return grads[0], grads[1], grads[2:], *rest
+    config = [None] * 14  # grid ... moments
+    rest = [
+        _no_grads(masks),
+        _no_grads(offsets),
+        *config,
+        grads[-1],
+        _no_grads(rebuild),
+        _no_grads(rebuild_args),
+    ]
+    return grads[0], grads[1], grads[2:-1], *rest
 
 
 def _no_grads(items: list) -> list | None:
@@ -285,6 +386,7 @@ layer.register_autograd(_layer_grad, setup_context=_setup_layer)
 def layer_backward(
     grad_values: Tensor,
     weight: Tensor,
+    bias: Optional[Tensor],
     values: Optional[Tensor],
     out_mask: Tensor,
     out_offsets: Tensor,
@@ -302,25 +404,57 @@ def layer_backward(
     density: Optional[float],
     groups: int,
     dilation: list[int],
+    recompute: bool,
+    moments: Optional[Tensor],
     needs: list[bool],
 ) -> list[Tensor]:
-    """Gradients of :func:`layer`: ``[weight, bias, *inputs]``, each empty where ``needs``
-    (same order) says it is not wanted."""
+    """Gradients of :func:`layer`: ``[weight, bias, *inputs, residual]``, each empty where
+    ``needs`` (same order) says it is not wanted. ``moments`` are those a normalised layer
+    used; ``values`` is None where the layer recomputes them."""
     cfg = _config(
-        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation
-    )
+        weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation,
+        recompute,
+    )  # fmt: skip
     with annotate(lambda: f"layer.backward {cfg.describe(weight)}"), _exact(weight.device):
         return _layer_backward(
-            cfg, needs, grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets
+            cfg,
+            needs,
+            grad_values,
+            weight,
+            bias,
+            values,
+            out_mask,
+            out_offsets,
+            inputs,
+            masks,
+            offsets,
+            moments,
         )
 
 
-def _layer_backward(cfg, needs, grad_values, grouped, values, out_mask, out_offsets, inputs, masks, offsets):
+def _layer_backward(
+    cfg, needs, grad_values, grouped, bias, values, out_mask, out_offsets, inputs, masks, offsets, moments
+):
     weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
     backend, real = ops(weight.device), _compute_dtype(weight, *inputs)
+    if cfg.activation and values is None:  # not kept: recomputed from the sources
+        sources = list(zip(inputs, masks, offsets))
+        values = _recomputed_values(
+            backend, weight, bias, cfg, real, sources, moments, out_mask, grad_values.shape[0]
+        )
     if cfg.activation:
         grad_values = backend.activation_backward(values, grad_values)
     out_channels = weight.shape[0]
+    grad_residual = weight.new_empty(0)
+    if needs[-1]:  # the residual was added as it is: its gradient is the sum's, dense
+        summed = CompressedSpectrum._trusted(
+            grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
+        )
+        grad_residual = unpack(summed)
+    if moments is not None:  # scaled by channel: the kept entries' channels, read off the mask
+        numel = cfg.grid[0] * (cfg.grid[1] // 2 + 1) * cfg.batch * out_channels
+        channel = kept_positions(out_mask, numel) % out_channels
+        grad_values = grad_values * moments_scale(moments)[channel].unsqueeze(1).to(grad_values.dtype)
     grad_out = CompressedSpectrum._trusted(
         grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
     )
@@ -355,13 +489,17 @@ def _layer_backward(cfg, needs, grad_values, grouped, values, out_mask, out_offs
     if needs[1]:
         grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
         grad_bias = grad_bias.to(weight.dtype)
-    return [grad_weight, grad_bias, *grad_sources]
+    return [grad_weight, grad_bias, *grad_sources, grad_residual]
 
 
 @layer_backward.register_fake
-def _(grad_values, weight, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
-      channels, shifts, beta, activation, value_dtype, density, groups, dilation, needs):  # fmt: skip
-    likes = [weight, weight.new_empty(weight.shape[0]), *inputs]
+def _(grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
+      channels, shifts, beta, activation, value_dtype, density, groups, dilation, recompute, moments,
+      needs):  # fmt: skip
+    bins = grid[0] * (grid[1] // 2 + 1)
+    complex_dtype = torch.complex128 if _compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
+    residual = weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype)
+    likes = [weight, weight.new_empty(weight.shape[0]), *inputs, residual]
     return [torch.empty_like(like) if need else like.new_empty(0) for like, need in zip(likes, needs)]
 
 

@@ -32,7 +32,7 @@ class SpectralFlow:
     """One source of a block's spectral layers: the block's spatial input (``mask`` is
     None) or a layer's compressed output. ``offset`` is the circular shift its crop reads
     with; ``beta`` the threshold the layer that made it used (a 0-d float64 tensor on the
-    device)."""
+    device); ``moments`` a normalised layer's batch moments per channel."""
 
     values: torch.Tensor
     mask: torch.Tensor | None
@@ -47,6 +47,7 @@ class SpectralFlow:
     nonfinite: torch.Tensor | None = None
     recipe: provenance.Recipe | None = None
     keeps_values: bool = False
+    moments: torch.Tensor | None = None
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
@@ -82,13 +83,21 @@ def spectral_layer(
     running: torch.Tensor | None = None,
     groups: int = 1,
     dilation: tuple[int, int] = (1, 1),
+    moments: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    recompute: bool = False,
 ) -> SpectralFlow:
     """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
 
     With several ``sources`` (channels concatenated in order), each source's kernel is
     shifted so that the contributions line up before they are summed. ``running``, when
     given and not NaN, is the threshold a density budget uses instead of its quantile.
-    ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``.
+    ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``. ``moments``
+    normalises the layer (``spectriton::layer``'s argument). ``residual``, a spatial batch
+    shaped as the block's output (stride 1), is added to the product before the threshold
+    and split tanh, in the spectral domain: a residual connection and the activation after
+    it, with no spatial tensor kept for either. ``recompute``: backward recomputes the
+    kept values instead of keeping them (then a later block keeps this one's output).
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
@@ -113,16 +122,29 @@ def spectral_layer(
         density=density,
         groups=groups,
         dilation=tuple(dilation),
+        recompute=recompute,
     )
+    spectrum = None
+    if residual is not None:
+        geom = BlockGeometry(first.geom.size, first.geom.grid, target, first.geom.full, (1, 1))
+        expected = (first.batch, weight.shape[0], *geom.out)
+        if first.geom.stride != (1, 1) or tuple(residual.shape) != expected:
+            raise ValueError(
+                f"residual must be shaped as the block's output {expected} with stride 1, got "
+                f"{tuple(residual.shape)} (stride {first.geom.stride})"
+            )
+        real = torch.float64 if torch.float64 in (residual.dtype, weight.dtype) else torch.float32
+        spectrum = transforms.place_spectrum(residual.to(real), geom)
     rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
     rebuild_args = list(first.recipe.args) if rebuild else []
-    values, mask, offsets, used = custom_ops.layer(
+    values, mask, offsets, used, batch_moments = custom_ops.layer(
         weight, bias, [s.values for s in sources], [s.mask for s in sources], [s.offsets for s in sources],
-        *cfg.op_args(), running, rebuild or [], rebuild_args,
+        *cfg.op_args(), running, moments, spectrum, rebuild or [], rebuild_args,
     )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
-        first.memory_format, first.nonfinite, keeps_values=cfg.activation,
+        first.memory_format, first.nonfinite, keeps_values=cfg.activation and not recompute,
+        moments=batch_moments if moments is not None else None,
     )  # fmt: skip
 
 

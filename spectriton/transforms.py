@@ -148,16 +148,43 @@ def to_space(
     return out
 
 
+def _place(r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+    """Half spectra ``(rows, cols, N, C)`` of a zero grid with ``r`` written where the crop reads."""
+    batch, channels = r.shape[:2]
+    full = r.new_zeros(batch, channels, *geom.grid)
+    for rows, out_rows in _crop_slices(geom, 0):
+        for cols, out_cols in _crop_slices(geom, 1):
+            full[:, :, rows, cols] = r[:, :, out_rows, out_cols]
+    return torch.fft.rfft2(full, norm="ortho").permute(2, 3, 0, 1).contiguous()
+
+
+class _PlaceSpectrum(torch.autograd.Function):
+    """:func:`place_spectrum` with its adjoint as backward (autograd's own would keep the grid)."""
+
+    @staticmethod
+    def forward(ctx, r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+        ctx.geom = geom
+        return _place(r, geom).view(-1, *r.shape[:2])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        geom = ctx.geom
+        halved = _scale_mirrored_(g.reshape(*geom.half, *g.shape[1:]).clone(), geom.grid, 0.5)
+        return to_space(halved.view(g.shape), geom), None
+
+
+def place_spectrum(r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+    """Spatial maps ``(N, C, H_out, W_out)`` -> half spectra ``(bins, N, C)`` of a zero grid
+    with ``r`` written where the block's crop reads, so that :func:`to_space` of
+    ``Y + place_spectrum(r)`` is ``to_space(Y) + r`` (a residual added in the spectral
+    domain). Differentiable; autograd keeps nothing for it."""
+    return _PlaceSpectrum.apply(r, geom)
+
+
 def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     """Adjoint of :func:`to_space`: ``(N, C, H_out, W_out)`` -> ``(bins, N, C)``."""
     batch, channels = g.shape[:2]
-    full = g.new_zeros(batch, channels, *geom.grid)
-    for rows, out_rows in _crop_slices(geom, 0):
-        for cols, out_cols in _crop_slices(geom, 1):
-            full[:, :, rows, cols] = g[:, :, out_rows, out_cols]
-    spectrum = torch.fft.rfft2(full, norm="ortho")
-    spectrum = spectrum.permute(2, 3, 0, 1).contiguous()
-    return _scale_mirrored_(spectrum, geom.grid, 2.0).view(-1, batch, channels)
+    return _scale_mirrored_(_place(g, geom), geom.grid, 2.0).view(-1, batch, channels)
 
 
 def bias_scale(grid: tuple[int, int]) -> float:

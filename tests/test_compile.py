@@ -14,7 +14,7 @@ from spectriton.functional import SpectralFlow, spectral_layer
 from spectriton.geometry import LayerShape
 
 
-def _layer_args(compressed_source: bool, density=None):
+def _layer_args(compressed_source: bool, density=None, power=None, residual=False, recompute=False):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
@@ -25,21 +25,41 @@ def _layer_args(compressed_source: bool, density=None):
     if compressed_source:  # the second layer of a block reads the first one's output
         flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
     sources = ([flow.values], [flow.mask], [flow.offsets])
-    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1])
-    return (weight, bias, *sources, *config, None, [], [])
+    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1], recompute)
+    spectrum = None
+    if residual:  # a residual connection's spectrum, added before the threshold
+        spectrum = torch.randn(grid[0] * (grid[1] // 2 + 1), 2, 4, dtype=torch.complex64, requires_grad=True)
+    return (weight, bias, *sources, *config, None, power, spectrum, [], [])
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
 @pytest.mark.parametrize("density", [None, 0.2], ids=["beta", "density"])
-def test_layer_op_passes_opcheck(compressed_source, density):
+@pytest.mark.parametrize("power", [None, "calibrated", "uncalibrated"])
+def test_layer_op_passes_opcheck(compressed_source, density, power):
     """Schema, fake implementation (data-dependent nnz), autograd registration and AOT
     dispatch with dynamic shapes agree with the real op."""
-    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, density))
+    if power is not None:
+        power = (
+            torch.tensor([[0.5], [2.0]]).repeat(1, 4)
+            if power == "calibrated"
+            else torch.full((2, 4), float("nan"))
+        )
+    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, density, power))
+
+
+def test_layer_op_recomputing_its_values_passes_opcheck():
+    torch.library.opcheck(custom_ops.layer, _layer_args(False, recompute=True))
+
+
+@pytest.mark.parametrize("power", [None, "calibrated"])
+def test_layer_op_with_a_residual_passes_opcheck(power):
+    power = None if power is None else torch.tensor([[0.5], [2.0]]).expand(2, 4).contiguous()
+    torch.library.opcheck(custom_ops.layer, _layer_args(True, None, power, residual=True))
 
 
 def test_output_op_passes_opcheck():
     args = _layer_args(True)
-    values, mask, offsets, _ = custom_ops.layer(*args)
+    values, mask, offsets, *_ = custom_ops.layer(*args)
     values = values.detach().requires_grad_()
     geometry = [8, 8, 10, 10, 2, 2, 8, 8, 1, 1]  # size, grid, offset, full, stride
     args = (values, mask, offsets, 2, 4, geometry, torch.float32, False, True)

@@ -243,6 +243,7 @@ def test_a_bare_conv_and_a_zoo_model():
         (lambda: st.plan(nn.Conv2d(1, 1, 3), activation="relu"), ValueError, ["activation"]),
         (lambda: st.convert(nn.Conv2d(1, 1, 3), filter_fn=3), TypeError, ["filter_fn"]),
         (lambda: st.revert(None), TypeError, ["model"]),
+        (lambda: st.convert(nn.Conv2d(1, 1, 3), normalize="yes"), TypeError, ["normalize", "bool"]),
     ],
     ids=[
         "non-module",
@@ -253,6 +254,7 @@ def test_a_bare_conv_and_a_zoo_model():
         "activation",
         "filter",
         "revert",
+        "normalize",
     ],
 )
 def test_bad_input(call, error, words):

@@ -112,3 +112,67 @@ def test_compact_max_pool():
 def test_split_tanh():
     z = torch.randn(3, 5, dtype=torch.complex128, requires_grad=True)
     assert gradcheck(SplitTanhFunction.apply, (z,))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5], ids=["beta0", "beta0.5"])
+def test_normalised_layer(beta):
+    """A normalised layer (``moments`` given: each channel's product centred and divided by
+    its running standard deviation) differentiates through those constants."""
+    shape = LayerShape((3, 3), (1, 1), (1, 1))
+    x = torch.randn(2, 2, 5, 5, dtype=D, requires_grad=True)
+    w = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
+    b = torch.randn(3, dtype=D, requires_grad=True)
+    moments = torch.tensor([[0.0, 0.0, 0.0], [0.5, 2.0, 4.0]], dtype=torch.float32)
+    geom = block_geometry([shape], (5, 5))
+    scale = moments[1].rsqrt().to(D)[None, None]  # zero means; eps is below the gap finite differences need
+    beta = (
+        safe_beta(_product_magnitudes(x.detach(), w.detach(), b.detach(), geom.grid) * scale, 0.4)
+        if beta
+        else 0.0
+    )
+
+    def f(x, w, b):
+        flow = SpectralFlow.start(x, [shape])
+        return spectral_output(spectral_layer(flow, w, b, (1, 1), beta, "split_tanh", moments=moments))
+
+    assert gradcheck(f, (x, w, b))
+
+
+def test_residual_added_in_the_spectral_domain():
+    """A block's last layer with a residual: the sum's threshold and split tanh act on the
+    product plus the residual's spectrum; gradients reach the input, weights and residual."""
+    shape = LayerShape((3, 3), (1, 1), (1, 1))
+    x = torch.randn(2, 2, 5, 5, dtype=D, requires_grad=True)
+    w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
+    w2 = (0.5 * torch.randn(3, 3, 3, 3, dtype=D)).requires_grad_()
+    r = torch.randn(2, 3, 5, 5, dtype=D, requires_grad=True)
+
+    def f(x, w1, w2, r):
+        flow = SpectralFlow.start(x, [shape, shape])
+        flow = spectral_layer(flow, w1, None, (1, 1), 0.0, "split_tanh")
+        return spectral_output(spectral_layer(flow, w2, None, (1, 1), 0.0, "split_tanh", residual=r))
+
+    assert gradcheck(f, (x, w1, w2, r))
+
+
+@pytest.mark.parametrize("normalised", [False, True], ids=["plain", "normalised"])
+def test_strided_layer_recomputing_its_values(normalised):
+    """A strided layer keeps only its mask and recomputes its kept values in backward:
+    gradients equal those of the layer that keeps them, and pass gradcheck."""
+    shapes = [LayerShape((3, 3), (1, 1), (1, 1)), LayerShape((3, 3), (1, 1), (2, 2))]
+    x = torch.randn(2, 2, 6, 6, dtype=D, requires_grad=True)
+    w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
+    w2 = (0.5 * torch.randn(2, 3, 3, 3, dtype=D)).requires_grad_()
+    b2 = torch.randn(2, dtype=D, requires_grad=True)
+    moments = torch.tensor([[0.1, -0.2], [0.5, 2.0]], dtype=torch.float32) if normalised else None
+
+    def f(x, w1, w2, b2, recompute=True):
+        flow = spectral_layer(SpectralFlow.start(x, shapes), w1, None, (1, 1), 0.0, "split_tanh")
+        last = spectral_layer(flow, w2, b2, (1, 1), 0.0, "split_tanh", moments=moments, recompute=recompute)
+        return spectral_output(last)
+
+    kept = torch.autograd.grad(f(x, w1, w2, b2, recompute=False).sum(), (x, w1, w2, b2))
+    recomputed = torch.autograd.grad(f(x, w1, w2, b2).sum(), (x, w1, w2, b2))
+    for a, b in zip(kept, recomputed):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    assert gradcheck(f, (x, w1, w2, b2))

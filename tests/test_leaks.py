@@ -9,6 +9,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import spectriton as st
+from spectriton import transforms
 
 
 def _model():
@@ -60,6 +61,7 @@ class _Tracker:
 
 
 def test_training_steps_do_not_accumulate_tensors():
+    transforms._dft.cache_clear()  # a full cache (after other tests) would evict while counting
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 

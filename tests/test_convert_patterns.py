@@ -1,0 +1,168 @@
+"""convert on the patterns other model libraries write: dense blocks (torchvision's and
+hand-written ones), a BatchNorm carrying its activation, nn.Identity placeholders."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+from spectriton.conv import run_layers
+
+
+class _Bottleneck(nn.Module):
+    """A dense layer with its own names: cat -> BN -> ReLU -> 1x1 -> BN -> ReLU -> 3x3."""
+
+    def __init__(self, channels, growth, kernel=3):
+        super().__init__()
+        self.bn_a, self.act_a = nn.BatchNorm2d(channels), nn.ReLU()
+        self.squeeze = nn.Conv2d(channels, 2 * growth, 1, bias=False)
+        self.bn_b, self.act_b = nn.BatchNorm2d(2 * growth), nn.ReLU()
+        self.grow = nn.Conv2d(2 * growth, growth, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, features):
+        x = self.act_a(self.bn_a(torch.cat(features, 1)))
+        return self.grow(self.act_b(self.bn_b(self.squeeze(x))))
+
+
+class _DenseStage(nn.Module):
+    def __init__(self, channels=4, growth=3, layers=3, kernel=3):
+        super().__init__()
+        self.units = nn.ModuleList(_Bottleneck(channels + i * growth, growth, kernel) for i in range(layers))
+
+    def forward(self, x):
+        features = [x]
+        for unit in self.units:
+            features.append(unit(features))
+        return torch.cat(features, 1)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.stage = _DenseStage()
+        self.head = nn.Linear(13, 10)
+
+    def forward(self, x):
+        return self.head(self.stage(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def _saved_4d(module, x):
+    """Floating 4-D tensors ``module(x)`` saves for backward that are not parameters."""
+    params = {p.data_ptr() for p in module.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.dim() == 4 and t.is_floating_point() and t.data_ptr() not in params:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum().backward()
+    return saved
+
+
+def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
+    torch.manual_seed(0)
+    model = _Net()
+    rows = {r.name: r for r in st.plan(model)}
+    assert (
+        rows["stage.units.1.bn_a"].action == "bypassed"
+        and "pre-activation" in rows["stage.units.1.bn_a"].reason
+    )
+    assert "bottleneck of layer 1 of the dense block at stage" in rows["stage.units.1.squeeze"].reason
+    assert rows["stage.units.1.grow"].action == "spectral layer"
+    st.convert(model, beta=0.05)
+    assert type(model.stage).__name__ == "Spectral_DenseStage"
+    assert all(
+        isinstance(u.squeeze, st.SpectralConv2d) and isinstance(u.grow, st.SpectralConv2d)
+        for u in model.stage.units
+    )
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    saved = _saved_4d(model.stage, x)
+    assert all(t.data_ptr() == x.data_ptr() for t in saved)  # only its input: no concatenated copy
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 1, 8, 8)), torch.tensor([0, 1]))
+    loss.backward()
+    assert all(u.squeeze.weight.grad.abs().sum() > 0 for u in model.stage.units)
+    assert not any(p.requires_grad for p in model.stage.units[0].bn_a.parameters())
+
+
+def test_a_converted_dense_block_pickles_and_reverts():
+    torch.manual_seed(0)
+    original = _Net().eval()
+    x = torch.randn(2, 1, 8, 8)
+    expected = original(x)
+    model = st.convert(copy.deepcopy(original), beta=0.05).eval()
+    out = model(x)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), out, atol=0, rtol=0)
+    model.load_state_dict(original.state_dict(), strict=True)
+    st.revert(model)
+    assert type(model.stage) is _DenseStage
+    torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+
+
+def test_the_spectral_dense_block_matches_its_layers_run_by_hand():
+    """Each layer reads the input and every earlier output as the spectrum of their
+    concatenation: with 1x1 kernels (no padding, so no circular wrap between layers) and
+    exact values, the same as running each layer's block on the concatenated spatial maps."""
+    torch.manual_seed(0)
+    stage = st.convert(_DenseStage(kernel=1), beta=0.05, value_dtype=torch.complex64)
+    assert type(stage).__name__ == "Spectral_DenseStage"
+    x = torch.randn(2, 4, 6, 6)
+    features = [x]
+    for unit in stage.units:
+        features.append(run_layers([unit.squeeze, unit.grow], torch.cat(features, 1)))
+    torch.testing.assert_close(stage(x), torch.cat(features, 1), atol=1e-5, rtol=1e-5)
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm that applies its activation (timm's BatchNormAct2d)."""
+
+    def __init__(self, channels, act=True):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class _TimmLikeBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = _BatchNormAct(4)
+        self.aa = nn.Identity()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = _BatchNormAct(4, act=False)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(self.aa(self.bn1(self.conv1(x)))))
+
+
+def test_identity_placeholders_are_looked_through_and_a_bn_with_its_activation_is_absorbed():
+    rows = {r.name: r for r in st.plan(_TimmLikeBlock())}
+    assert rows["bn1"].action == "bypassed"
+    assert "layer 1 of the block at conv1" in rows["conv2"].reason
+    assert rows["conv2"].action == "spectral layer"  # the BN after it stands for split tanh too
+    model = st.convert(_TimmLikeBlock(), beta=0.05)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert model.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenetv2_100"])
+def test_timm_models_convert(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    rows = st.plan(model)
+    assert not [r for r in rows if r.kind == "Conv2d" and r.action == "skip"]
+    st.convert(model, density=0.1).train()
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    if name == "densenet121":
+        assert type(model.features.denseblock1).__name__ == "SpectralDenseBlock"

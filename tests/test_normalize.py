@@ -1,0 +1,111 @@
+"""Normalised spectral layers (``normalize=True``): what BatchNorm contributes, kept when
+``convert`` bypasses it."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import spectriton as st
+
+
+def _layer(scale=1.0, **options):
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 5, 3, padding=1, activation="split_tanh", normalize=True, **options)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    return layer
+
+
+def test_what_a_normalised_layer_keeps_does_not_depend_on_the_weights_scale():
+    x = torch.randn(4, 3, 8, 8)
+    kept, outputs = [], []
+    for scale in (0.25, 1.0, 4.0):
+        layer = _layer(scale, beta=0.7, bias=False)
+        outputs.append(layer(x))
+        kept.append(layer.last_density)
+    assert kept[0] == kept[1] == kept[2] and 0.05 < kept[1] < 0.95
+    torch.testing.assert_close(outputs[0], outputs[2], atol=1e-4, rtol=1e-3)  # up to the eps
+    plain = st.SpectralConv2d(3, 5, 3, padding=1, activation="split_tanh", beta=0.7, bias=False)
+    densities = []
+    for scale in (0.25, 4.0):  # without normalisation the scale decides
+        with torch.no_grad():
+            plain.weight.copy_(_layer(scale).weight)
+        plain(x)
+        densities.append(plain.last_density)
+    assert densities[0] < densities[1]
+
+
+def test_running_moments_calibrate_on_the_first_batch_then_follow_with_momentum():
+    layer = _layer(beta=0.5, bias=False)
+    assert torch.isnan(layer.running_moments).all()
+    x = torch.randn(4, 3, 8, 8)
+    layer(x)
+    first = layer.running_moments.clone()
+    assert torch.isfinite(first).all()
+    layer(2 * x)  # twice the mean, four times the mean square
+    expected = first * torch.tensor([[0.9 + 0.1 * 2], [0.9 + 0.1 * 4]])
+    torch.testing.assert_close(layer.running_moments, expected, rtol=1e-4, atol=1e-6)
+    layer.eval()
+    before = layer.running_moments.clone()
+    layer(3 * x)
+    assert torch.equal(layer.running_moments, before)  # eval reads them, does not update them
+
+
+@pytest.mark.parametrize("grid", [(6, 7), (6, 8)], ids=str)
+def test_the_moments_are_the_mean_and_mean_square_of_the_map_on_the_grid(grid):
+    """The mean from the DC bin, the mean square by Parseval from the half spectrum: the
+    spatial moments of the product on the grid."""
+    from spectriton.custom_ops import channel_moments
+
+    torch.manual_seed(0)
+    y = torch.randn(2, 3, *grid) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)
+    spectrum = torch.fft.rfft2(y, norm="ortho").permute(2, 3, 0, 1).reshape(-1, 2, 3)
+    expected = torch.stack([y.mean((0, 2, 3)), y.square().mean((0, 2, 3))])
+    torch.testing.assert_close(channel_moments(spectrum, grid), expected)
+
+
+def test_a_normalised_linear_layer_is_batchnorm_with_the_running_moments():
+    """No threshold, no activation, one layer whose grid is its map (1x1 kernel): the
+    output is (y - mean) / sqrt(var + eps) with the batch's moments on the first call."""
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 4, 1, normalize=True, value_dtype=torch.complex64).train()
+    x = torch.randn(4, 3, 6, 6) + 1.0
+    y = nn.functional.conv2d(x, layer.weight, layer.bias)
+    mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(layer(x), (y - mean) / (var + 1e-5).sqrt(), atol=1e-4, rtol=1e-4)
+
+
+def test_state_dict_loads_strictly_without_running_moments_and_deepcopies():
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    layer = st.SpectralConv2d.from_conv(conv, activation="split_tanh", normalize=True)
+    layer.load_state_dict(conv.state_dict(), strict=True)
+    layer(torch.randn(2, 3, 8, 8))
+    twin = copy.deepcopy(layer).eval()
+    assert torch.equal(twin.running_moments, layer.running_moments)
+    fresh = st.SpectralConv2d(3, 5, 3, padding=1, activation="split_tanh", normalize=True)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.running_moments, layer.running_moments)
+    assert "normalize=True" in repr(layer)
+
+
+def test_convert_normalises_the_layers_that_absorb_a_batchnorm():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+    )  # fmt: skip
+    rows = {r.name: r for r in st.plan(model)}
+    assert "normalised" in rows["0"].reason and "normalised" not in rows["3"].reason
+    st.convert(model)
+    assert model[0].normalize and not model[3].normalize
+    bypassed = st.convert(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()), normalize=False
+    )
+    assert not bypassed[0].normalize
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        st.SpectralConv2d(3, 5, 3, normalize=1)
