@@ -89,17 +89,21 @@ def short_run(model: nn.Module, data: FashionMNIST32, epochs: int = 1, batch: in
     return 100.0 * correct / len(labels)
 
 
-OPTIONS = {"defaults": {}, "density=0.1": {"density": 0.1}}
+OPTIONS = {"defaults": {}, "density=0.1": {"density": 0.1}, "beta=1.0": {"beta": 1.0}}
 
 
-def row(library: str, name: str, options: str, data: FashionMNIST32 | None, epochs: int = 1) -> dict:
+def row(
+    library: str, name: str, options: str, data: FashionMNIST32 | None, epochs: int = 1, timed: bool = True
+) -> dict:
     original = build(library, name).train()
     convs = sum(isinstance(m, nn.Conv2d) for m in original.modules())
     converted = st.convert(copy.deepcopy(original), **OPTIONS[options])
     x = torch.randn(8, 3, 32, 32)
     ratio = saved_bytes(converted, x).total / saved_bytes(original, x).total
-    xb, yb = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    time_ratio = step_time(converted, xb, yb) / step_time(original, xb, yb)
+    time_ratio = None
+    if timed:
+        xb, yb = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        time_ratio = step_time(converted, xb, yb) / step_time(original, xb, yb)
     layers = [m for m in converted.modules() if isinstance(m, st.SpectralConv2d)]
     result = {
         "library": library,
@@ -119,6 +123,10 @@ def row(library: str, name: str, options: str, data: FashionMNIST32 | None, epoc
     return result
 
 
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| library | model | options | convs converted | saved bytes, converted / original | step time, "
@@ -133,7 +141,7 @@ def table(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {r['library']} | {r['model']} | {r['options']} | {r['convs_converted']} of {r['convs']} | "
-            f"{r['saved_bytes_ratio']:.3f} | {r['step_time_ratio']:.1f}x | {r['median_layer_kept']:.1%} | "
+            f"{r['saved_bytes_ratio']:.3f} | {_times(r['step_time_ratio'])} | {r['median_layer_kept']:.1%} | "
             f"{accuracy} |"
         )
     return "\n".join(lines)
@@ -147,8 +155,11 @@ def main() -> None:
     parser.add_argument("--train-models", default="resnet18", help="comma-separated models to train")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the from-scratch runs")
     parser.add_argument("--models", help="comma-separated models (default: all of each library's)")
-    parser.add_argument("--options", default=",".join(OPTIONS), help="comma-separated: " + ", ".join(OPTIONS))
+    parser.add_argument(
+        "--options", default="defaults,density=0.1", help="comma-separated: " + ", ".join(OPTIONS)
+    )
     parser.add_argument("--libraries", default="torchvision,timm", help="comma-separated: torchvision, timm")
+    parser.add_argument("--no-time", action="store_true", help="leave out the step timings")
     parser.add_argument("--json", help="write the rows there too")
     args = parser.parse_args()
     data = FashionMNIST32(args.train) if args.train else None
@@ -161,7 +172,7 @@ def main() -> None:
                     continue
                 for options in args.options.split(","):
                     train = data if name in args.train_models.split(",") else None
-                    rows.append(row(library, name, options, train, args.epochs))
+                    rows.append(row(library, name, options, train, args.epochs, not args.no_time))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     if args.json:

@@ -103,16 +103,13 @@ class _DefaultBeta(float):
 
 
 DEFAULT_BETA = _DefaultBeta(0.7)
-# convert's: its layers that absorb a BatchNorm are normalised, so beta is in units of each
-# channel's standard deviation (README, Converting a model, has the measurements behind 1.0)
-CONVERT_BETA = _DefaultBeta(1.0)
 
 
 def beta_or_density(beta_value: float, density_value: float | None) -> tuple[float, float | None]:
     """Check a ``beta=`` / ``density=`` pair: at most one of them given by the caller."""
     density_value = density(density_value)
     if density_value is not None:
-        if not isinstance(beta_value, _DefaultBeta):
+        if beta_value is not DEFAULT_BETA:
             raise ValueError("give either beta or density, not both")
         return 0.0, density_value
     return beta(beta_value), None

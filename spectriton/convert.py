@@ -412,7 +412,7 @@ def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
 def plan(
     model: nn.Module,
     *,
-    beta: float = _checks.CONVERT_BETA,
+    beta: float = _checks.DEFAULT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -431,7 +431,7 @@ def plan(
 def convert(
     model: nn.Module,
     *,
-    beta: float = _checks.CONVERT_BETA,
+    beta: float = _checks.DEFAULT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -441,9 +441,9 @@ def convert(
     """Swap spectral layers into ``model`` in place and return it (see the module doc).
 
     ``filter_fn(module, qualified_name) -> bool`` chooses which convolutions and pools to
-    swap. ``beta`` (default 1.0: in a layer that absorbs a BatchNorm, one standard
-    deviation of each channel) is the threshold; ``density`` replaces it by a per-layer
-    budget of kept entries.
+    swap. ``beta`` is the threshold (in a layer that absorbs a BatchNorm, in standard
+    deviations of each channel); ``density`` replaces it by a per-layer budget of kept
+    entries.
     ``value_dtype`` None stores kept values as bfloat16 pairs in SpecNet mode and exactly in
     linear mode (``torch.complex64`` asks for full precision in both). ``normalize`` (SpecNet
     mode) makes each layer that absorbs a BatchNorm a normalised one
