@@ -192,10 +192,9 @@ class SpectralConv2d(nn.Module):
         moments = self.running_moments if self.normalize else None
         if self.normalize and self.training and not self._moments_checked:
             self._calibrate(flows)
-        flow = spectral_layer(
-            flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
-            self.density, running=self.threshold if eval_budget else None, groups=self.groups,
-            dilation=self.dilation, moments=moments, residual=residual, recompute=self.recomputes,
+        flow = self._layer(
+            flows, running=self.threshold if eval_budget else None, moments=moments, residual=residual,
+            recompute=self.recomputes,
         )  # fmt: skip
         if self.training:
             if self.density is not None:
@@ -214,6 +213,13 @@ class SpectralConv2d(nn.Module):
                 )
         return flow
 
+    def _layer(self, flows: list[SpectralFlow], **options) -> SpectralFlow:
+        """:func:`spectral_layer` with this layer's parameters and settings."""
+        return spectral_layer(
+            flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
+            self.density, groups=self.groups, dilation=self.dilation, **options,
+        )  # fmt: skip
+
     def _calibrate(self, flows: list[SpectralFlow]) -> None:
         """Set uncalibrated ``running_moments`` to this batch's, in a forward without
         autograd (eager only: compiled, the op falls back on the batch's moments)."""
@@ -221,11 +227,7 @@ class SpectralConv2d(nn.Module):
             return
         if torch.isnan(self.running_moments).any():
             with torch.no_grad():
-                flow = spectral_layer(
-                    flows, self.weight, self.bias, self.padding, self.beta, self.activation,
-                    self.value_dtype, self.density, groups=self.groups, dilation=self.dilation,
-                    moments=self.running_moments,
-                )  # fmt: skip
+                flow = self._layer(flows, moments=self.running_moments)
                 running = self.running_moments
                 running.copy_(torch.where(torch.isnan(running), flow.moments, running))
         self._moments_checked = True

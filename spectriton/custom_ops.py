@@ -99,7 +99,7 @@ def _config(*args) -> LayerConfig:
     )
 
 
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precisions compute in float32)."""
     double = any(t is not None and t.dtype == torch.float64 for t in tensors)
     return torch.float64 if double else torch.float32
@@ -174,7 +174,7 @@ def _summed_forward(
     batch_moments = product.real.new_empty(0)
     if moments is not None:
         batch_moments = channel_moments(product, cfg.grid)
-        _normalise_(product, torch.where(torch.isnan(moments), batch_moments, moments), cfg.grid)
+        _normalise_(product, moments_used(moments, batch_moments), cfg.grid)
     if residual is not None:
         product.add_(residual.to(product.dtype))
     beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
@@ -217,15 +217,19 @@ def channel_moments(product: Tensor, grid: tuple[int, int]) -> Tensor:
     """Mean and mean square of each channel's maps on the grid, from their half spectra
     ``(bins, N, O)``: the mean from the DC bin, the mean square by Parseval (mirrored
     columns count twice). Float32 ``(2, O)``."""
-    magnitude = product.real.square() + product.imag.square()
-    weights = torch.full((grid[1] // 2 + 1,), 2.0, dtype=magnitude.dtype, device=magnitude.device)
-    weights[0] = 1.0
-    if grid[1] % 2 == 0:
-        weights[-1] = 1.0
-    per_bin = magnitude.view(grid[0], grid[1] // 2 + 1, *magnitude.shape[1:]).sum(0).sum(1)
-    power = weights @ per_bin / (grid[0] * grid[1] * magnitude.shape[1])
+    magnitude = (product.real.square() + product.imag.square()).view(
+        *transforms.half(grid), *product.shape[1:]
+    )
+    power = transforms.scale_mirrored_(magnitude, grid, 2.0).sum((0, 1, 2)) / (
+        grid[0] * grid[1] * product.shape[1]
+    )
     mean = product[0].real.mean(0) / transforms.bias_scale(grid)
     return torch.stack([mean, power]).float()
+
+
+def moments_used(moments: Tensor, batch_moments: Tensor) -> Tensor:
+    """The moments a normalised layer uses: ``moments`` where calibrated, the batch's where NaN."""
+    return torch.where(torch.isnan(moments), batch_moments, moments)
 
 
 def moments_scale(moments: Tensor) -> Tensor:
@@ -286,7 +290,7 @@ def layer(
     weight = transforms.dense_weight(weight, groups, dilation)
     with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
         backend = ops(weight.device)
-        real = _compute_dtype(weight, *inputs)
+        real = compute_dtype(weight, *inputs)
         sources = list(zip(inputs, masks, offsets))
         if len(sources) == 1 and cfg.density is None and moments is None and residual is None:
             out, used = _fused_forward(backend, weight, bias, cfg, real, *sources[0]), cfg.beta
@@ -305,7 +309,7 @@ def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts,
       rebuild_args):  # fmt: skip
     out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
     nnz = torch.library.get_ctx().new_dynamic_size()
-    real = _compute_dtype(weight, *inputs)
+    real = compute_dtype(weight, *inputs)
     values = weight.new_empty(nnz, 2, dtype=value_dtype or real)
     mask = weight.new_empty(mask_words(batch * out_channels * bins), dtype=torch.int32)
     return (
@@ -324,7 +328,7 @@ def _setup_layer(ctx, inputs, output) -> None:
     values, mask, out_offsets, _, batch_moments = output
     ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
     ctx.residual = residual is not None
-    used = None if moments is None else torch.where(torch.isnan(moments), batch_moments, moments)
+    used = None if moments is None else moments_used(moments, batch_moments)
     ctx.rebuild = (rebuild_args, sources[0].dtype)
     if rebuild:
         sources = [None, *sources[1:]]  # kept as its recipe
@@ -436,7 +440,7 @@ def _layer_backward(
     cfg, needs, grad_values, grouped, bias, values, out_mask, out_offsets, inputs, masks, offsets, moments
 ):
     weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
-    backend, real = ops(weight.device), _compute_dtype(weight, *inputs)
+    backend, real = ops(weight.device), compute_dtype(weight, *inputs)
     if cfg.activation and values is None:  # not kept: recomputed from the sources
         sources = list(zip(inputs, masks, offsets))
         values = _recomputed_values(
@@ -497,7 +501,7 @@ def _(grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks, o
       channels, shifts, beta, activation, value_dtype, density, groups, dilation, recompute, moments,
       needs):  # fmt: skip
     bins = grid[0] * (grid[1] // 2 + 1)
-    complex_dtype = torch.complex128 if _compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
+    complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
     residual = weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype)
     likes = [weight, weight.new_empty(weight.shape[0]), *inputs, residual]
     return [torch.empty_like(like) if need else like.new_empty(0) for like, need in zip(likes, needs)]
@@ -570,7 +574,7 @@ def _(values, mask, offsets, batch, channels, geometry, dtype, channels_last, ke
 def _setup_output(ctx, inputs, output) -> None:
     values, mask, offsets, batch, channels, geometry, _dtype, _channels_last, keep_values = inputs
     ctx.save_for_backward(mask, *([values, offsets] if keep_values else []))
-    ctx.nnz, ctx.real, ctx.shape = values.shape[0], _compute_dtype(values), (batch, channels, geometry)
+    ctx.nnz, ctx.real, ctx.shape = values.shape[0], compute_dtype(values), (batch, channels, geometry)
 
 
 def _output_grad(ctx, grad_y):

@@ -133,8 +133,7 @@ def spectral_layer(
                 f"residual must be shaped as the block's output {expected} with stride 1, got "
                 f"{tuple(residual.shape)} (stride {first.geom.stride})"
             )
-        real = torch.float64 if torch.float64 in (residual.dtype, weight.dtype) else torch.float32
-        spectrum = transforms.place_spectrum(residual.to(real), geom)
+        spectrum = transforms.place_spectrum(residual.to(custom_ops.compute_dtype(residual, weight)), geom)
     rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
     rebuild_args = list(first.recipe.args) if rebuild else []
     values, mask, offsets, used, batch_moments = custom_ops.layer(

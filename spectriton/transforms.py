@@ -34,7 +34,7 @@ def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return spectrum.permute(2, 3, 0, 1).contiguous().view(-1, x.shape[0], x.shape[1])
 
 
-def _scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
+def scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
     """Scale, in place, the half-spectrum columns (dim 1 of ``(rows, cols, ...)``) that a
     real inverse transform counts twice."""
     mirrored = grid[1] - half(grid)[1]
@@ -49,7 +49,7 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     The adjoint of a real-input FFT is an inverse real FFT of the gradient with the columns
     that it mirrors weighted by one half (a real transform, half the work of a complex one).
     """
-    spectrum = _scale_mirrored_(g.reshape(*half(grid), *g.shape[1:]).clone(), grid, 0.5)
+    spectrum = scale_mirrored_(g.reshape(*half(grid), *g.shape[1:]).clone(), grid, 0.5)
     space = torch.fft.irfft2(spectrum, s=grid, dim=(0, 1), norm="ortho")
     return space[: size[0], : size[1]].permute(2, 3, 0, 1).contiguous()
 
@@ -169,7 +169,7 @@ class _PlaceSpectrum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         geom = ctx.geom
-        halved = _scale_mirrored_(g.reshape(*geom.half, *g.shape[1:]).clone(), geom.grid, 0.5)
+        halved = scale_mirrored_(g.reshape(*geom.half, *g.shape[1:]).clone(), geom.grid, 0.5)
         return to_space(halved.view(g.shape), geom), None
 
 
@@ -184,7 +184,7 @@ def place_spectrum(r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
 def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     """Adjoint of :func:`to_space`: ``(N, C, H_out, W_out)`` -> ``(bins, N, C)``."""
     batch, channels = g.shape[:2]
-    return _scale_mirrored_(_place(g, geom), geom.grid, 2.0).view(-1, batch, channels)
+    return scale_mirrored_(_place(g, geom), geom.grid, 2.0).view(-1, batch, channels)
 
 
 def bias_scale(grid: tuple[int, int]) -> float:
