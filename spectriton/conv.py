@@ -163,13 +163,6 @@ class SpectralConv2d(nn.Module):
         self._moments_checked = False
 
     @property
-    def recomputes(self) -> bool:
-        """Whether backward recomputes this layer's kept values rather than keeping them: a
-        strided split tanh layer, whose spectrum lies on its input's grid, ``stride**2``
-        times its output's size (DESIGN.md section 3: no layer keeps more than needed)."""
-        return self.activation is not None and self.stride != (1, 1)
-
-    @property
     def shape(self) -> LayerShape:
         return LayerShape(transforms.spread(self.kernel_size, self.dilation), self.padding, self.stride)
 
@@ -193,9 +186,8 @@ class SpectralConv2d(nn.Module):
         if self.normalize and self.training and not self._moments_checked:
             self._calibrate(flows)
         flow = self._layer(
-            flows, running=self.threshold if eval_budget else None, moments=moments, residual=residual,
-            recompute=self.recomputes,
-        )  # fmt: skip
+            flows, running=self.threshold if eval_budget else None, moments=moments, residual=residual
+        )
         if self.training:
             if self.density is not None:
                 _update_running(self.threshold, flow.beta)
@@ -217,7 +209,7 @@ class SpectralConv2d(nn.Module):
         """:func:`spectral_layer` with this layer's parameters and settings."""
         return spectral_layer(
             flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
-            self.density, groups=self.groups, dilation=self.dilation, **options,
+            self.density, groups=self.groups, dilation=self.dilation, stride=self.stride, **options,
         )  # fmt: skip
 
     def _calibrate(self, flows: list[SpectralFlow]) -> None:
@@ -300,9 +292,8 @@ def run_layers(
 
     With ``hooks``, each layer is called as a module, so hooks (and the memory accounting)
     see each one, with :class:`SpectralFlow` objects as input and output. ``residual``
-    (shaped as the output; the last layer has stride 1) is added to the last layer's
-    product before its threshold and activation: a residual block whose add and activation
-    stay in the spectral domain.
+    (shaped as the output) is added to the last layer's product before its threshold and
+    activation: a residual block whose add and activation stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])

@@ -32,7 +32,7 @@ from spectriton.compressed import CompressedSpectrum, kept_positions, mask_words
 from spectriton.geometry import BlockGeometry
 from spectriton.nvtx import annotate
 from spectriton.pooling import window_values
-from spectriton.reference import pack, unpack
+from spectriton.reference import unpack
 
 NORM_EPS = 1e-5  # added to a normalised layer's variance, as nn.BatchNorm2d's eps
 
@@ -44,8 +44,10 @@ class LayerConfig:
     A layer reads one or more sources (several in a dense block); ``channels[s]`` and
     ``shifts[s]`` give each source's channel count and kernel shift. ``density``, when set,
     replaces ``beta`` by the threshold that keeps that fraction of the product's entries.
-    ``recompute``: backward recomputes the kept values from the sources instead of keeping
-    them (a strided layer, whose spectrum on its input's grid outweighs its output).
+    ``crop`` (a strided layer: the ``offset``, ``full`` and ``stride`` pairs of its block's
+    crop, else empty): the threshold and split tanh act on the spectrum of the layer's
+    cropped, strided output, on a grid the output's size (``out_grid``), so that the layer
+    keeps what its output needs, not a spectrum on its input's grid ``stride**2`` times larger.
     """
 
     grid: tuple[int, int]
@@ -60,12 +62,26 @@ class LayerConfig:
     density: float | None = None
     groups: int = 1
     dilation: tuple[int, int] = (1, 1)
-    recompute: bool = False
+    crop: tuple[int, ...] = ()
 
     def describe(self, weight: Tensor) -> str:
         """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
         kernel, grid = "x".join(map(str, self.kernel)), "x".join(map(str, self.grid))
         return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid}"
+
+    @property
+    def cropped(self) -> BlockGeometry | None:
+        """The block geometry a strided layer's output is cropped with (None: not strided)."""
+        if not self.crop:
+            return None
+        offset, full, stride = (tuple(self.crop[i : i + 2]) for i in range(0, 6, 2))
+        return BlockGeometry(self.size, self.grid, offset, full, stride)  # type: ignore[arg-type]
+
+    @property
+    def out_grid(self) -> tuple[int, int]:
+        """The grid of the layer's output spectrum: the block's, or a strided layer's output."""
+        cropped = self.cropped
+        return self.grid if cropped is None else cropped.out
 
     def op_args(self) -> tuple:
         """The config as the ops' trailing arguments (see :func:`_config`)."""
@@ -73,7 +89,7 @@ class LayerConfig:
         return (
             list(self.grid), list(self.size), self.batch, list(self.channels), shifts,
             self.beta, self.activation, self.value_dtype, self.density, self.groups, list(self.dilation),
-            self.recompute,
+            list(self.crop),
         )  # fmt: skip
 
 
@@ -95,7 +111,7 @@ def _config(*args) -> LayerConfig:
         density=density,
         groups=groups,
         dilation=tuple(dilation),
-        recompute=args[12],
+        crop=tuple(args[12]),
     )
 
 
@@ -166,19 +182,22 @@ def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> C
 def _summed_forward(
     backend, weight, bias, cfg, real, sources, moments, residual
 ) -> tuple[CompressedSpectrum, Tensor | float, Tensor]:
-    """Several sources (a dense block), a density budget, a normalised layer or a residual:
-    the dense product first. With ``moments`` (see :func:`layer`), the product is
-    normalised per channel, then ``residual`` is added; returns the compressed output, the
-    threshold used and the batch's moments."""
+    """Several sources (a dense block), a density budget, a normalised layer, a residual or
+    a stride: the dense product first (cropped to a strided layer's output). With
+    ``moments`` (see :func:`layer`), the product is normalised per channel, then
+    ``residual`` is added; returns the compressed output, the threshold used and the
+    batch's moments."""
     product = _dense_product(backend, weight, bias, cfg, real, sources)
+    if cfg.cropped is not None:
+        product = transforms.crop_spectrum(product, cfg.cropped)
     batch_moments = product.real.new_empty(0)
     if moments is not None:
-        batch_moments = channel_moments(product, cfg.grid)
-        _normalise_(product, moments_used(moments, batch_moments), cfg.grid)
+        batch_moments = channel_moments(product, cfg.out_grid)
+        _normalise_(product, moments_used(moments, batch_moments), cfg.out_grid)
     if residual is not None:
         product.add_(residual.to(product.dtype))
     beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
-    out = backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.grid)
+    out = backend.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, cfg.out_grid)
     return out, beta, batch_moments
 
 
@@ -202,15 +221,6 @@ def _normalise_(product: Tensor, moments: Tensor, grid: tuple[int, int]) -> None
     deviation, from its ``moments`` (``(2, O)``), in place."""
     product[0] -= (moments[0] * transforms.bias_scale(grid)).to(product.real.dtype)
     product.mul_(moments_scale(moments).to(product.real.dtype))
-
-
-def _recomputed_values(backend, weight, bias, cfg, real, sources, moments, mask, nnz) -> Tensor:
-    """The kept values of a layer that did not keep them: its product again (normalised
-    with the moments it used), split tanh at the entries ``mask`` keeps."""
-    product = _dense_product(backend, weight, bias, cfg, real, sources)
-    if moments is not None:
-        _normalise_(product, moments, cfg.grid)
-    return torch.tanh(pack(product, mask, nnz)).to(cfg.value_dtype or real)
 
 
 def channel_moments(product: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -256,7 +266,7 @@ def layer(
     density: Optional[float],
     groups: int,
     dilation: list[int],
-    recompute: bool,
+    crop: list[int],
     running: Optional[Tensor],
     moments: Optional[Tensor],
     residual: Optional[Tensor],
@@ -274,14 +284,16 @@ def layer(
     bin and its product divided by its standard deviation before the threshold, using
     ``moments`` where calibrated, the batch's where NaN; the batch's moments are returned
     (else empty).
-    ``residual``, a dense complex ``(bins, N, O)`` spectrum, is added after that (a residual
-    connection, whose sum the threshold and split tanh then act on).
+    ``residual``, a dense complex ``(bins, N, O)`` spectrum on the output's grid, is added
+    after that (a residual connection, whose sum the threshold and split tanh then act on).
+    ``crop`` (a strided layer, see :class:`LayerConfig`) puts the output on a grid of the
+    layer's output size.
     ``rebuild`` and ``rebuild_args``, when not empty, are the recipe of the spatial source
     ``inputs[0]`` (:mod:`spectriton.provenance`): backward keeps them instead of it.
     """
     cfg = _config(
         weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation,
-        recompute,
+        crop,
     )  # fmt: skip
     if running is not None:
         calibrated = float(running)  # one host read, as sizing the values needs anyway
@@ -292,7 +304,8 @@ def layer(
         backend = ops(weight.device)
         real = compute_dtype(weight, *inputs)
         sources = list(zip(inputs, masks, offsets))
-        if len(sources) == 1 and cfg.density is None and moments is None and residual is None:
+        fused = not cfg.crop and cfg.density is None and moments is None and residual is None
+        if len(sources) == 1 and fused:
             out, used = _fused_forward(backend, weight, bias, cfg, real, *sources[0]), cfg.beta
             batch_moments = weight.new_empty(0, dtype=torch.float32)
         else:
@@ -305,9 +318,24 @@ def layer(
 
 @layer.register_fake
 def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
-      value_dtype, density, groups, dilation, recompute, running, moments, residual, rebuild,
+      value_dtype, density, groups, dilation, crop, running, moments, residual, rebuild,
       rebuild_args):  # fmt: skip
-    out_channels, bins = weight.shape[0], grid[0] * (grid[1] // 2 + 1)
+    out_grid = _config(
+        weight,
+        grid,
+        size,
+        batch,
+        channels,
+        shifts,
+        beta,
+        activation,
+        value_dtype,
+        density,
+        groups,
+        dilation,
+        crop,
+    ).out_grid
+    out_channels, bins = weight.shape[0], out_grid[0] * (out_grid[1] // 2 + 1)
     nnz = torch.library.get_ctx().new_dynamic_size()
     real = compute_dtype(weight, *inputs)
     values = weight.new_empty(nnz, 2, dtype=value_dtype or real)
@@ -332,8 +360,7 @@ def _setup_layer(ctx, inputs, output) -> None:
     ctx.rebuild = (rebuild_args, sources[0].dtype)
     if rebuild:
         sources = [None, *sources[1:]]  # kept as its recipe
-    cfg = _config(weight, *config)
-    keep = values if cfg.activation and not cfg.recompute else None  # split tanh's derivative reads them
+    keep = values if _config(weight, *config).activation else None  # split tanh's derivative reads them
     ctx.save_for_backward(weight, bias, keep, mask, out_offsets, used, *sources, *masks, *offsets, *rebuild)
 
 
@@ -361,11 +388,13 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _g
         needs,
     )
     grads = [g if need else None for g, need in zip(grads, needs)]
-    config = [None] * 14  # grid ... moments
+    config = [_no_grads(arg) if isinstance(arg, list) and not arg else None for arg in ctx.config]
     rest = [
         _no_grads(masks),
         _no_grads(offsets),
         *config,
+        None,  # running
+        None,  # moments
         grads[-1],
         _no_grads(rebuild),
         _no_grads(rebuild_args),
@@ -408,16 +437,16 @@ def layer_backward(
     density: Optional[float],
     groups: int,
     dilation: list[int],
-    recompute: bool,
+    crop: list[int],
     moments: Optional[Tensor],
     needs: list[bool],
 ) -> list[Tensor]:
     """Gradients of :func:`layer`: ``[weight, bias, *inputs, residual]``, each empty where
     ``needs`` (same order) says it is not wanted. ``moments`` are those a normalised layer
-    used; ``values`` is None where the layer recomputes them."""
+    used."""
     cfg = _config(
         weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation,
-        recompute,
+        crop,
     )  # fmt: skip
     with annotate(lambda: f"layer.backward {cfg.describe(weight)}"), _exact(weight.device):
         return _layer_backward(
@@ -441,27 +470,24 @@ def _layer_backward(
 ):
     weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
     backend, real = ops(weight.device), compute_dtype(weight, *inputs)
-    if cfg.activation and values is None:  # not kept: recomputed from the sources
-        sources = list(zip(inputs, masks, offsets))
-        values = _recomputed_values(
-            backend, weight, bias, cfg, real, sources, moments, out_mask, grad_values.shape[0]
-        )
     if cfg.activation:
         grad_values = backend.activation_backward(values, grad_values)
     out_channels = weight.shape[0]
     grad_residual = weight.new_empty(0)
     if needs[-1]:  # the residual was added as it is: its gradient is the sum's, dense
         summed = CompressedSpectrum._trusted(
-            grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
+            grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.out_grid
         )
         grad_residual = unpack(summed)
     if moments is not None:  # scaled by channel: the kept entries' channels, read off the mask
-        numel = cfg.grid[0] * (cfg.grid[1] // 2 + 1) * cfg.batch * out_channels
+        numel = math.prod(transforms.half(cfg.out_grid)) * cfg.batch * out_channels
         channel = kept_positions(out_mask, numel) % out_channels
         grad_values = grad_values * moments_scale(moments)[channel].unsqueeze(1).to(grad_values.dtype)
     grad_out = CompressedSpectrum._trusted(
-        grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.grid
+        grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.out_grid
     )
+    if cfg.cropped is not None:  # back from the output's grid to the block's, dense
+        grad_out = transforms.crop_spectrum_adjoint(backend.unpack(grad_out), cfg.cropped)
     grad_out = backend.operand(grad_out)  # converted once, read by every product below
     grad_sources, grad_kernels, start = [], [], 0
     for index, (source, mask, offset, channels, shift) in enumerate(
@@ -498,9 +524,24 @@ def _layer_backward(
 
 @layer_backward.register_fake
 def _(grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
-      channels, shifts, beta, activation, value_dtype, density, groups, dilation, recompute, moments,
+      channels, shifts, beta, activation, value_dtype, density, groups, dilation, crop, moments,
       needs):  # fmt: skip
-    bins = grid[0] * (grid[1] // 2 + 1)
+    out_grid = _config(
+        weight,
+        grid,
+        size,
+        batch,
+        channels,
+        shifts,
+        beta,
+        activation,
+        value_dtype,
+        density,
+        groups,
+        dilation,
+        crop,
+    ).out_grid
+    bins = out_grid[0] * (out_grid[1] // 2 + 1)
     complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
     residual = weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype)
     likes = [weight, weight.new_empty(weight.shape[0]), *inputs, residual]

@@ -85,7 +85,7 @@ def spectral_layer(
     dilation: tuple[int, int] = (1, 1),
     moments: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    recompute: bool = False,
+    stride: tuple[int, int] = (1, 1),
 ) -> SpectralFlow:
     """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
 
@@ -94,10 +94,11 @@ def spectral_layer(
     given and not NaN, is the threshold a density budget uses instead of its quantile.
     ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``. ``moments``
     normalises the layer (``spectriton::layer``'s argument). ``residual``, a spatial batch
-    shaped as the block's output (stride 1), is added to the product before the threshold
-    and split tanh, in the spectral domain: a residual connection and the activation after
-    it, with no spatial tensor kept for either. ``recompute``: backward recomputes the
-    kept values instead of keeping them (then a later block keeps this one's output).
+    shaped as the block's output, is added to the product before the threshold and split
+    tanh, in the spectral domain: a residual connection and the activation after it, with
+    no spatial tensor kept for either. A layer with a ``stride`` (the last of its block)
+    crops its product to its output first and keeps the spectrum of that, on a grid the
+    output's size.
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
@@ -107,6 +108,15 @@ def spectral_layer(
             f"weight must have {channels // groups} in_channels per group (dim 1), got {weight.shape[1]}"
         )
     target = tuple(max(s.offset[a] for s in sources) + padding[a] for a in range(2))
+    shifts = tuple(
+        (target[0] - padding[0] - s.offset[0], target[1] - padding[1] - s.offset[1]) for s in sources
+    )
+    geom, crop = first.geom, ()
+    if tuple(stride) != (1, 1):  # the output's spectrum, on a grid of its size: read with no crop after this
+        if tuple(stride) != geom.stride:
+            raise ValueError(f"only a block's last layer may have a stride ({geom.stride}), got {stride}")
+        crop = (*target, *geom.full, *geom.stride)
+        geom, target = BlockGeometry(geom.size, geom.grid, target, geom.full, geom.stride).of_output(), (0, 0)
     cfg = LayerConfig(
         grid=first.geom.grid,
         size=first.geom.size,
@@ -116,24 +126,21 @@ def spectral_layer(
         activation=activation == "split_tanh",
         value_dtype=value_dtype,
         channels=tuple(s.channels for s in sources),
-        shifts=tuple(
-            (target[0] - padding[0] - s.offset[0], target[1] - padding[1] - s.offset[1]) for s in sources
-        ),
+        shifts=shifts,
         density=density,
         groups=groups,
         dilation=tuple(dilation),
-        recompute=recompute,
+        crop=crop,
     )
     spectrum = None
     if residual is not None:
-        geom = BlockGeometry(first.geom.size, first.geom.grid, target, first.geom.full, (1, 1))
-        expected = (first.batch, weight.shape[0], *geom.out)
-        if first.geom.stride != (1, 1) or tuple(residual.shape) != expected:
+        placed = BlockGeometry(geom.size, geom.grid, target, geom.full, geom.stride)  # where the crop reads
+        expected = (first.batch, weight.shape[0], *placed.out)
+        if tuple(residual.shape) != expected:
             raise ValueError(
-                f"residual must be shaped as the block's output {expected} with stride 1, got "
-                f"{tuple(residual.shape)} (stride {first.geom.stride})"
+                f"residual must be shaped as the block's output {expected}, got {tuple(residual.shape)}"
             )
-        spectrum = transforms.place_spectrum(residual.to(custom_ops.compute_dtype(residual, weight)), geom)
+        spectrum = transforms.place_spectrum(residual.to(custom_ops.compute_dtype(residual, weight)), placed)
     rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
     rebuild_args = list(first.recipe.args) if rebuild else []
     values, mask, offsets, used, batch_moments = custom_ops.layer(
@@ -141,8 +148,8 @@ def spectral_layer(
         *cfg.op_args(), running, moments, spectrum, rebuild or [], rebuild_args,
     )  # fmt: skip
     return SpectralFlow(
-        values, mask, offsets, first.batch, weight.shape[0], target, first.geom, first.dtype, used,
-        first.memory_format, first.nonfinite, keeps_values=cfg.activation and not recompute,
+        values, mask, offsets, first.batch, weight.shape[0], target, geom, first.dtype, used,
+        first.memory_format, first.nonfinite, keeps_values=cfg.activation,
         moments=batch_moments if moments is not None else None,
     )  # fmt: skip
 
@@ -201,7 +208,9 @@ def spectral_block(
         parameters = [*weights, *(b for b in biases if b is not None)]
         return empty_output(x, parameters, weights[-1].shape[0], flow.geom.out)
     for weight, bias, shape, beta, activation in layers:
-        flow = spectral_layer(flow, weight, bias, shape.padding, beta, activation, value_dtype)
+        flow = spectral_layer(
+            flow, weight, bias, shape.padding, beta, activation, value_dtype, stride=shape.stride
+        )
     return spectral_output(flow)
 
 

@@ -49,6 +49,16 @@ class BlockGeometry:
         """Number of complex entries in one half-spectrum map."""
         return self.half[0] * self.half[1]
 
+    @property
+    def strided(self) -> bool:
+        return self.stride != (1, 1)
+
+    def of_output(self) -> BlockGeometry:
+        """The geometry of a spectrum taken of this block's output itself (what a strided
+        layer keeps): its grid is the output, read with no crop and no stride."""
+        out = self.out
+        return BlockGeometry(size=out, grid=out, offset=(0, 0), full=out, stride=(1, 1))
+
 
 def block_geometry(layers: Sequence[LayerShape], size: tuple[int, int]) -> BlockGeometry:
     """The geometry of ``layers`` chained on an input of spatial ``size``.

@@ -159,9 +159,11 @@ def dense_block(
 
     geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
     spectrum = transforms.map_spectrum(x, geom.grid)
-    for weight, bias, beta, activation in zip(weights, biases, betas, activations):
+    for index, (weight, bias, beta, activation) in enumerate(zip(weights, biases, betas, activations)):
         bias_dc = None if bias is None else bias * transforms.bias_scale(geom.grid)
         spectrum = product(spectrum, transforms.kernel_spectrum(weight, geom.grid), bias_dc)
+        if index == len(weights) - 1 and geom.strided:  # a strided layer: its output's spectrum
+            spectrum, geom = transforms.crop_spectrum(spectrum, geom), geom.of_output()
         spectrum = torch.where(keep_mask(spectrum.detach(), beta), spectrum, 0)
         if activation == "split_tanh":
             spectrum = split_tanh(spectrum)

@@ -187,6 +187,18 @@ def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     return scale_mirrored_(_place(g, geom), geom.grid, 2.0).view(-1, batch, channels)
 
 
+def crop_spectrum(spectrum: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+    """Half spectra ``(bins, N, C)`` on the block's grid -> the half spectra of its cropped,
+    strided output, on a grid the output's size (``geom.of_output()``): what a strided
+    layer's threshold and split tanh act on, ``stride**2`` times smaller than its grid."""
+    return map_spectrum(to_space(spectrum, geom), geom.out)
+
+
+def crop_spectrum_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+    """Adjoint of :func:`crop_spectrum`: ``(out bins, N, C)`` -> ``(bins, N, C)``."""
+    return to_space_adjoint(map_spectrum_adjoint(g, geom.out, geom.out), geom)
+
+
 def bias_scale(grid: tuple[int, int]) -> float:
     """What a bias of 1 adds to the DC bin so that it adds 1 to every output pixel."""
     return float(grid[0] * grid[1]) ** 0.5

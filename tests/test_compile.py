@@ -14,7 +14,7 @@ from spectriton.functional import SpectralFlow, spectral_layer
 from spectriton.geometry import LayerShape
 
 
-def _layer_args(compressed_source: bool, density=None, power=None, residual=False, recompute=False):
+def _layer_args(compressed_source: bool, density=None, power=None, residual=False, crop=()):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
@@ -25,7 +25,7 @@ def _layer_args(compressed_source: bool, density=None, power=None, residual=Fals
     if compressed_source:  # the second layer of a block reads the first one's output
         flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
     sources = ([flow.values], [flow.mask], [flow.offsets])
-    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1], recompute)
+    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1], list(crop))
     spectrum = None
     if residual:  # a residual connection's spectrum, added before the threshold
         spectrum = torch.randn(grid[0] * (grid[1] // 2 + 1), 2, 4, dtype=torch.complex64, requires_grad=True)
@@ -47,8 +47,10 @@ def test_layer_op_passes_opcheck(compressed_source, density, power):
     torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, density, power))
 
 
-def test_layer_op_recomputing_its_values_passes_opcheck():
-    torch.library.opcheck(custom_ops.layer, _layer_args(False, recompute=True))
+@pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
+def test_strided_layer_op_passes_opcheck(compressed_source):
+    """A strided layer's output lies on its output's grid (crop: offset, full, stride)."""
+    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, crop=(2, 2, 8, 8, 2, 2)))
 
 
 @pytest.mark.parametrize("power", [None, "calibrated"])

@@ -156,23 +156,44 @@ def test_residual_added_in_the_spectral_domain():
 
 
 @pytest.mark.parametrize("normalised", [False, True], ids=["plain", "normalised"])
-def test_strided_layer_recomputing_its_values(normalised):
-    """A strided layer keeps only its mask and recomputes its kept values in backward:
-    gradients equal those of the layer that keeps them, and pass gradcheck."""
+def test_strided_layer_on_its_outputs_grid(normalised):
+    """A strided layer thresholds the spectrum of its cropped, strided output (an odd-sized
+    one here), with a residual added there: gradcheck passes."""
     shapes = [LayerShape((3, 3), (1, 1), (1, 1)), LayerShape((3, 3), (1, 1), (2, 2))]
-    x = torch.randn(2, 2, 6, 6, dtype=D, requires_grad=True)
+    x = torch.randn(2, 2, 7, 7, dtype=D, requires_grad=True)
     w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
     w2 = (0.5 * torch.randn(2, 3, 3, 3, dtype=D)).requires_grad_()
     b2 = torch.randn(2, dtype=D, requires_grad=True)
+    r = torch.randn(2, 2, 4, 4, dtype=D, requires_grad=True)
     moments = torch.tensor([[0.1, -0.2], [0.5, 2.0]], dtype=torch.float32) if normalised else None
 
-    def f(x, w1, w2, b2, recompute=True):
+    def f(x, w1, w2, b2, r):
         flow = spectral_layer(SpectralFlow.start(x, shapes), w1, None, (1, 1), 0.0, "split_tanh")
-        last = spectral_layer(flow, w2, b2, (1, 1), 0.0, "split_tanh", moments=moments, recompute=recompute)
+        last = spectral_layer(
+            flow, w2, b2, (1, 1), 0.0, "split_tanh", moments=moments, residual=r, stride=(2, 2)
+        )
+        assert last.geom.grid == (4, 4)  # the output's own grid
         return spectral_output(last)
 
-    kept = torch.autograd.grad(f(x, w1, w2, b2, recompute=False).sum(), (x, w1, w2, b2))
-    recomputed = torch.autograd.grad(f(x, w1, w2, b2).sum(), (x, w1, w2, b2))
-    for a, b in zip(kept, recomputed):
+    assert gradcheck(f, (x, w1, w2, b2, r))
+
+
+def test_strided_block_matches_the_dense_oracle():
+    """Forward and gradients of a strided block equal the dense-spectrum oracle's, which
+    crops the last product to the output before its threshold and split tanh."""
+    from spectriton.reference import dense_block
+
+    shapes = [LayerShape((3, 3), (1, 1), (1, 1)), LayerShape((3, 3), (1, 1), (2, 2))]
+    x = torch.randn(2, 2, 9, 9, dtype=D, requires_grad=True)
+    weights = [
+        torch.randn(3, 2, 3, 3, dtype=D, requires_grad=True),
+        torch.randn(2, 3, 3, 3, dtype=D, requires_grad=True),
+    ]
+    biases = [None, torch.randn(2, dtype=D, requires_grad=True)]
+    args = (shapes, [0.3, 0.3], ["split_tanh"] * 2)
+    got = spectral_block(x, weights, biases, *args)
+    want = dense_block(x, weights, biases, *args)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    inputs = [x, *weights, biases[1]]
+    for a, b in zip(torch.autograd.grad(got.sum(), inputs), torch.autograd.grad(want.sum(), inputs)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
-    assert gradcheck(f, (x, w1, w2, b2))

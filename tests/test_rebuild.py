@@ -62,11 +62,16 @@ POOLS = {"pool": lambda: st.CompactMaxPool2d(2), "overlapping": lambda: st.Compa
 
 
 def _two_blocks(dtype=torch.float32, pool="pool", activation="split_tanh", beta=0.3):
+    """Two blocks joined by ``pool`` (a pool's name, ``"strided"``: the first block ends in
+    a stride-2 layer, or None: straight)."""
     torch.manual_seed(0)
     options = dict(padding=1, beta=beta, activation=activation, dtype=dtype)
+    stride = 2 if pool == "strided" else 1
     return nn.Sequential(
-        st.SpectralSequential(st.SpectralConv2d(2, 4, 3, **options), st.SpectralConv2d(4, 4, 3, **options)),
-        POOLS[pool]() if pool else nn.Identity(),
+        st.SpectralSequential(
+            st.SpectralConv2d(2, 4, 3, **options), st.SpectralConv2d(4, 4, 3, stride=stride, **options)
+        ),
+        POOLS[pool]() if pool in POOLS else nn.Identity(),
         st.SpectralSequential(st.SpectralConv2d(4, 3, 3, **options)),
     )
 
@@ -77,7 +82,9 @@ def _grads(model, x):
     return [y, *torch.autograd.grad(y.square().sum(), [x, *model.parameters()])]
 
 
-@pytest.mark.parametrize("pool", ["pool", "overlapping", None], ids=["pool", "overlapping-pool", "straight"])
+@pytest.mark.parametrize(
+    "pool", ["pool", "overlapping", None, "strided"], ids=["pool", "overlapping-pool", "straight", "strided"]
+)
 def test_rebuilt_input_gives_the_gradients_of_the_kept_one(pool, monkeypatch):
     """Bitwise: the rebuilt input is the tensor the forward read."""
     model, x = _two_blocks(pool=pool), torch.randn(3, 2, 9, 9)
@@ -89,8 +96,9 @@ def test_rebuilt_input_gives_the_gradients_of_the_kept_one(pool, monkeypatch):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_gradcheck_across_a_block_boundary_with_a_pool():
-    model = _two_blocks(D, beta=0.0)  # beta 0: finite differences flip no keep decision
+@pytest.mark.parametrize("pool", ["pool", "strided"])
+def test_gradcheck_across_a_block_boundary_with_a_pool(pool):
+    model = _two_blocks(D, pool=pool, beta=0.0)  # beta 0: finite differences flip no keep decision
     names = [name for name, _ in model.named_parameters()]
     x = torch.randn(2, 2, 8, 8, dtype=D, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]

@@ -52,5 +52,13 @@ def test_a_residual_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match="residual must be shaped as the block's output"):
         layer(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 5))
     strided = st.SpectralConv2d(3, 4, 3, padding=1, stride=2)
-    with pytest.raises(ValueError, match="stride 1"):
-        strided(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"output \(2, 4, 3, 3\)"):
+        strided(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6))
+
+
+def test_a_strided_linear_layer_adds_its_residual_to_its_output():
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 4, 3, padding=1, stride=2)
+    x, r = torch.randn(2, 3, 7, 7), torch.randn(2, 4, 4, 4)
+    expected = F.conv2d(x, layer.weight, layer.bias, stride=2, padding=1) + r
+    torch.testing.assert_close(layer(x, r), expected, atol=1e-4, rtol=1e-4)
