@@ -42,7 +42,10 @@ class SpectralConv2d(nn.Module):
     (``(2, out_channels)``: mean and mean square, running averages of the batches', momentum
     ``MOMENTUM``; the first training batch calibrates them in a forward without autograd):
     constants of each step, so the gradients are exact for the forward computed.
-    ``spectriton.convert`` sets it on layers that absorb a BatchNorm.
+    ``affine=True`` (with ``normalize``) then scales each channel by ``norm_weight`` and
+    shifts it by ``norm_bias`` (trainable, ones and zeros at first), as BatchNorm's
+    ``weight`` and ``bias`` do. ``spectriton.convert`` sets both on layers that absorb a
+    BatchNorm, sharing the BatchNorm's parameters.
 
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
@@ -65,6 +68,7 @@ class SpectralConv2d(nn.Module):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         normalize: bool = False,
+        affine: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -105,6 +109,12 @@ class SpectralConv2d(nn.Module):
             )
         self._moments_checked = False  # whether running_moments is known to be calibrated
         factory = {"device": device, "dtype": _checks.real_dtype(dtype)}
+        self.affine = _checks.boolean(affine, "affine")
+        if self.affine:
+            if not self.normalize:
+                raise ValueError("affine=True needs normalize=True (it scales the normalised channels)")
+            self.norm_weight = nn.Parameter(torch.ones(out_channels, **factory))
+            self.norm_bias = nn.Parameter(torch.zeros(out_channels, **factory))
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
         )
@@ -127,10 +137,16 @@ class SpectralConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **options) -> SpectralConv2d:
-        """A spectral layer sharing ``conv``'s weight and bias (not copies)."""
+    def from_conv(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d | None = None, **options) -> SpectralConv2d:
+        """A spectral layer sharing ``conv``'s weight and bias (not copies). With ``norm``, the
+        BatchNorm that follows ``conv``, it is a normalised layer instead, sharing ``norm``'s
+        weight and bias as its ``norm_weight`` and ``norm_bias`` where ``norm`` has them."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+        if norm is not None:
+            if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                raise TypeError(f"norm must be a BatchNorm, got {type(norm).__name__}")
+            options.update(normalize=True, affine=norm.affine)
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -145,21 +161,28 @@ class SpectralConv2d(nn.Module):
             **options,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
+        if layer.affine:
+            layer.norm_weight, layer.norm_bias = norm.weight, norm.bias
         for name, buffer in layer.named_buffers():  # uncalibrated, on conv's device
             setattr(layer, name, torch.full_like(buffer, float("nan"), device=conv.weight.device))
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         """``nn.Conv2d``'s state_dict loads strictly: the running ``threshold`` and
-        ``running_moments`` buffers are optional (missing, they start uncalibrated)."""
+        ``running_moments`` buffers are optional (missing, they start uncalibrated), and so
+        are ``norm_weight`` and ``norm_bias`` (missing, they keep their values: a converted
+        layer's are its BatchNorm's, loaded under the BatchNorm's names)."""
         missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args)
-        for name, buffer in self.named_buffers(recurse=False):
+        optional = [*self.named_buffers(recurse=False)]
+        optional += [(name, None) for name in ("norm_weight", "norm_bias") if self.affine]
+        for name, buffer in optional:
             key = prefix + name
             if key not in state_dict and key in missing_keys:
                 missing_keys.remove(key)
-                with torch.no_grad():
-                    buffer.fill_(float("nan"))
+                if buffer is not None:
+                    with torch.no_grad():
+                        buffer.fill_(float("nan"))
         self._moments_checked = False
 
     @property
@@ -185,9 +208,9 @@ class SpectralConv2d(nn.Module):
         moments = self.running_moments if self.normalize else None
         if self.normalize and self.training and not self._moments_checked:
             self._calibrate(flows)
-        flow = self._layer(
-            flows, running=self.threshold if eval_budget else None, moments=moments, residual=residual
-        )
+        affine = torch.stack([self.norm_weight, self.norm_bias]) if self.affine else None
+        running = self.threshold if eval_budget else None
+        flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
         if self.training:
             if self.density is not None:
                 _update_running(self.threshold, flow.beta)
@@ -241,6 +264,8 @@ class SpectralConv2d(nn.Module):
             text += f", density={self.density}"
         if self.normalize:
             text += ", normalize=True"
+        if self.affine:
+            text += ", affine=True"
         return text
 
 

@@ -8,9 +8,10 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
 - ``activation="split_tanh"`` (SpecNet): each container's ``forward`` is traced with
   ``torch.fx`` (its children as leaves; see :mod:`spectriton.patterns`). A convolution
   followed by ``BatchNorm2d`` and/or ``ReLU`` becomes a spectral layer with split tanh,
-  the BN and ReLU are bypassed (the BN's normalisation stays: the layer divides each
-  channel by its running RMS); consecutive such convolutions at one resolution share one
-  spectral block; a convolution followed by neither keeps a threshold but no activation.
+  the BN and ReLU are bypassed (the BN's normalisation stays: the layer normalises each
+  channel with running moments, and scales and shifts it by the BN's weight and bias);
+  consecutive such convolutions at one resolution share one spectral block; a
+  convolution followed by neither keeps a threshold but no activation.
   A dense block (DenseNet's pattern) becomes one spectral dense block: every source kept
   compressed once, no concatenated copies. ``MaxPool2d``
   (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
@@ -86,18 +87,24 @@ class _Options:
     value_dtype: torch.dtype | None
     filter_fn: Callable[[nn.Module, str], bool] | None
     normalize: bool = True
+    affine: bool = True
 
-    def layer(self, conv: nn.Conv2d, activation: str | None, normalize: bool = False) -> SpectralConv2d:
-        """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm."""
+    def layer(
+        self, conv: nn.Conv2d, activation: str | None, normalize: bool = False, norm: nn.Module | None = None
+    ) -> SpectralConv2d:
+        """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm, ``norm``
+        that BatchNorm, whose weight and bias the layer takes (see :func:`_takes_affine`)."""
+        normalize = normalize and self.normalize
+        norm = norm if self.normalize and self.affine and _takes_affine(norm) else None
         layer = SpectralConv2d.from_conv(
-            conv, beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype,
-            normalize=normalize and self.normalize,
+            conv, norm, beta=self.beta, density=self.density, activation=activation,
+            value_dtype=self.value_dtype, normalize=normalize,
         )  # fmt: skip
         _copy_hooks(conv, layer)
         return layer
 
 
-def _options(model, beta, activation, density, filter_fn, value_dtype, normalize) -> _Options:
+def _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine) -> _Options:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if filter_fn is not None:
@@ -106,8 +113,8 @@ def _options(model, beta, activation, density, filter_fn, value_dtype, normalize
     activation = _checks.activation(activation)
     if value_dtype is None and activation is not None:  # SpecNet mode: bfloat16 values by default
         value_dtype = torch.bfloat16
-    normalize = _checks.boolean(normalize, "normalize")
-    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn, normalize)
+    normalize, affine = _checks.boolean(normalize, "normalize"), _checks.boolean(affine, "affine")
+    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn, normalize, affine)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -204,24 +211,30 @@ class _Analysis:
             bypassed += [
                 (name, f"absorbed by the layer at {_join(fqn, bottleneck)}") for name in layer.between
             ]
+            stage = []
+            for qualified, activated, normalized, norm, role in zip(
+                (bottleneck, features),
+                layer.activated,
+                layer.normalized,
+                layer.norms,
+                ("bottleneck", "output"),
+            ):
+                conv = module.get_submodule(qualified)
+                norm = None if norm is None else child.get_submodule(norm)
+                swap = self.opts.layer(conv, "split_tanh" if activated else None, normalized, norm)
+                edit.swaps[qualified] = swap
+                stage.append(edit.graph.get_attr(qualified))
+                action = "spectral layer" if activated else "spectral conv"
+                reason = _layer_reason(activated, swap, norm)
+                reason += f"; {role} of layer {index} of the dense block at {head}"
+                self.rows.append(PlanRow(_join(fqn, qualified), "Conv2d", action, reason))
+            stages.append(stage)
             for name, why in bypassed:
                 norm = child.get_submodule(name)
                 self.rows.append(
                     PlanRow(_join(fqn, _join(layer.name, name)), type(norm).__name__, "bypassed", why)
                 )
-                edit.frozen += [p for p in norm.parameters() if p.requires_grad]
-            stage = []
-            for qualified, activated, normalized, role in zip(
-                (bottleneck, features), layer.activated, layer.normalized, ("bottleneck", "output")
-            ):
-                conv = module.get_submodule(qualified)
-                edit.swaps[qualified] = self.opts.layer(conv, "split_tanh" if activated else None, normalized)
-                stage.append(edit.graph.get_attr(qualified))
-                action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, normalized)
-                reason += f"; {role} of layer {index} of the dense block at {head}"
-                self.rows.append(PlanRow(_join(fqn, qualified), "Conv2d", action, reason))
-            stages.append(stage)
+                edit.frozen += _frozen(norm, edit.swaps.values())
         edit.graph.output(edit.graph.call_function(run_dense_layers, (stages, x)))
         self.edits.append(edit)
         return True
@@ -290,17 +303,21 @@ class _Analysis:
         for chain in chains:
             head = _join(fqn, chain.convs[0])
             for index, name in enumerate(chain.convs):
-                activated, normalized = chain.activated[index], chain.normalized[index]
+                activated, norm = chain.activated[index], chain.norms[index]
+                swap = self.opts.layer(
+                    eligible[name],
+                    "split_tanh" if activated else None,
+                    norm is not None,
+                    None if norm is None else module.get_submodule(norm),
+                )
+                edit.swaps[name] = swap
                 action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, normalized)
+                reason = _layer_reason(activated, swap, None if norm is None else module.get_submodule(norm))
                 if len(chain.convs) > 1:
                     reason += f"; layer {index} of the block at {head}"
                 if chain.residual is not None and index == len(chain.convs) - 1:
                     reason += f"; adds the shortcut ({chain.residual.name}) before it, spectrally"
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", action, reason))
-                edit.swaps[name] = self.opts.layer(
-                    eligible[name], "split_tanh" if activated else None, normalized
-                )
             for name in chain.absorbed:
                 if name in calls:  # a child module
                     row = PlanRow(_join(fqn, name), type(module.get_submodule(name)).__name__, "bypassed")
@@ -314,7 +331,7 @@ class _Analysis:
             for chain in chains:
                 for name in chain.absorbed:
                     if name in calls and calls[name] == 1:
-                        edit.frozen += [p for p in module.get_submodule(name).parameters() if p.requires_grad]
+                        edit.frozen += _frozen(module.get_submodule(name), edit.swaps.values())
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.root_swap is not None:
@@ -328,10 +345,36 @@ class _Analysis:
         return model
 
 
-def _layer_reason(activated: bool, normalized: bool) -> str:
+def _takes_affine(norm: nn.Module | None) -> bool:
+    """Whether a layer takes ``norm``'s weight and bias: where it has them, unless its weight
+    is all zero (a residual branch zero-initialised to start as the identity, as timm's
+    ResNets do: split tanh cannot, since the threshold acts on the shortcut too, and such
+    a branch would stay silent; the layer then normalises without them)."""
+    return norm is not None and getattr(norm, "affine", False) and bool(norm.weight.detach().any())
+
+
+def _layer_reason(activated: bool, layer: SpectralConv2d, norm: nn.Module | None) -> str:
     if not activated:
         return "no BN/ReLU after it: threshold only"
-    return "split tanh, normalised for its BN" if normalized else "split tanh"
+    if not layer.normalize:
+        return "split tanh"
+    if layer.affine:
+        return "split tanh, normalised for its BN (with its weight and bias)"
+    if norm is not None and getattr(norm, "affine", False) and not _takes_affine(norm):
+        return "split tanh, normalised for its BN (whose weight is all zero: zero-initialised, not taken)"
+    return "split tanh, normalised for its BN"
+
+
+def _frozen(bypassed: nn.Module, layers) -> list[nn.Parameter]:
+    """The trainable parameters of a bypassed module that none of ``layers`` took (as a
+    normalised layer takes its BatchNorm's weight and bias): they stop training."""
+    taken = {
+        id(p)
+        for layer in layers
+        if getattr(layer, "affine", False)
+        for p in (layer.norm_weight, layer.norm_bias)
+    }
+    return [p for p in bypassed.parameters() if p.requires_grad and id(p) not in taken]
 
 
 def _rewrite(graph: fx.Graph, chains: list[patterns.Chain]) -> None:
@@ -418,11 +461,12 @@ def plan(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     value_dtype: torch.dtype | None = None,
     normalize: bool = True,
+    affine: bool = True,
 ) -> Plan:
     """What :func:`convert` would do with the same options: one row per convolution,
     pool and bypassed layer (qualified name, type, action, reason). The model is not
     touched. Rows follow the order of ``model.named_modules()``."""
-    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize)
+    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine)
     rows = _Analysis(model, opts).rows
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return Plan(sorted(rows, key=lambda row: order.get(row.name, len(order))))
@@ -437,6 +481,7 @@ def convert(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     value_dtype: torch.dtype | None = None,
     normalize: bool = True,
+    affine: bool = True,
 ) -> nn.Module:
     """Swap spectral layers into ``model`` in place and return it (see the module doc).
 
@@ -449,11 +494,13 @@ def convert(
     mode) makes each layer that absorbs a BatchNorm a normalised one
     (:class:`~spectriton.SpectralConv2d`'s ``normalize``): it divides each channel by its
     running RMS, as the BN did, so that what it keeps does not depend on the weights' scale
-    and ``beta`` is relative to that RMS; False bypasses the BN only. Parameters are
-    shared, not copied; device, dtype, training flag, buffers and the hooks of swapped
-    modules are kept.
+    and ``beta`` is relative to that RMS; False bypasses the BN only. ``affine`` (with
+    ``normalize``): the layer also takes the BN's weight and bias, which scale and shift
+    each normalised channel and keep training (unless the weight is all zero: a
+    zero-initialised residual branch). Parameters are shared, not copied; device, dtype,
+    training flag, buffers and the hooks of swapped modules are kept.
     """
-    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize)
+    opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine)
     return _Analysis(model, opts).apply(model)
 
 

@@ -72,16 +72,12 @@ class LayerConfig:
     @property
     def cropped(self) -> BlockGeometry | None:
         """The block geometry a strided layer's output is cropped with (None: not strided)."""
-        if not self.crop:
-            return None
-        offset, full, stride = (tuple(self.crop[i : i + 2]) for i in range(0, 6, 2))
-        return BlockGeometry(self.size, self.grid, offset, full, stride)  # type: ignore[arg-type]
+        return _cropped(self.grid, self.size, self.crop)
 
     @property
     def out_grid(self) -> tuple[int, int]:
         """The grid of the layer's output spectrum: the block's, or a strided layer's output."""
-        cropped = self.cropped
-        return self.grid if cropped is None else cropped.out
+        return _out_grid(self.grid, self.size, self.crop)
 
     def op_args(self) -> tuple:
         """The config as the ops' trailing arguments (see :func:`_config`)."""
@@ -91,6 +87,18 @@ class LayerConfig:
             self.beta, self.activation, self.value_dtype, self.density, self.groups, list(self.dilation),
             list(self.crop),
         )  # fmt: skip
+
+
+def _cropped(grid, size, crop) -> BlockGeometry | None:
+    if not crop:
+        return None
+    offset, full, stride = (tuple(crop[i : i + 2]) for i in range(0, 6, 2))
+    return BlockGeometry(tuple(size), tuple(grid), offset, full, stride)  # type: ignore[arg-type]
+
+
+def _out_grid(grid, size, crop) -> tuple[int, int]:
+    cropped = _cropped(grid, size, crop)
+    return tuple(grid) if cropped is None else cropped.out  # type: ignore[return-value]
 
 
 def _config(*args) -> LayerConfig:
@@ -180,13 +188,13 @@ def _fused_forward(backend, weight, bias, cfg, real, inputs, mask, offsets) -> C
 
 
 def _summed_forward(
-    backend, weight, bias, cfg, real, sources, moments, residual
+    backend, weight, bias, cfg, real, sources, moments, affine, residual
 ) -> tuple[CompressedSpectrum, Tensor | float, Tensor]:
     """Several sources (a dense block), a density budget, a normalised layer, a residual or
     a stride: the dense product first (cropped to a strided layer's output). With
-    ``moments`` (see :func:`layer`), the product is normalised per channel, then
-    ``residual`` is added; returns the compressed output, the threshold used and the
-    batch's moments."""
+    ``moments`` (see :func:`layer`), the product is normalised per channel (and scaled and
+    shifted by ``affine``), then ``residual`` is added; returns the compressed output, the
+    threshold used and the batch's moments."""
     product = _dense_product(backend, weight, bias, cfg, real, sources)
     if cfg.cropped is not None:
         product = transforms.crop_spectrum(product, cfg.cropped)
@@ -194,6 +202,8 @@ def _summed_forward(
     if moments is not None:
         batch_moments = channel_moments(product, cfg.out_grid)
         _normalise_(product, moments_used(moments, batch_moments), cfg.out_grid)
+    if affine is not None:
+        _scale_shift_(product, affine, cfg.out_grid)
     if residual is not None:
         product.add_(residual.to(product.dtype))
     beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
@@ -214,6 +224,13 @@ def _dense_product(backend, weight, bias, cfg, real, sources) -> Tensor:
         product = part if product is None else product.add_(part)
         start += channels
     return product
+
+
+def _scale_shift_(product: Tensor, affine: Tensor, grid: tuple[int, int]) -> None:
+    """BatchNorm's affine step on a normalised product, in place: each channel scaled by
+    ``affine[0]``, ``affine[1]`` added to every pixel (to the DC bin)."""
+    product.mul_(affine[0].to(product.real.dtype))
+    product[0] += (affine[1] * transforms.bias_scale(grid)).to(product.real.dtype)
 
 
 def _normalise_(product: Tensor, moments: Tensor, grid: tuple[int, int]) -> None:
@@ -269,6 +286,7 @@ def layer(
     crop: list[int],
     running: Optional[Tensor],
     moments: Optional[Tensor],
+    affine: Optional[Tensor],
     residual: Optional[Tensor],
     rebuild: list[Tensor],
     rebuild_args: list[int],
@@ -283,7 +301,8 @@ def layer(
     normalises the layer as BatchNorm does: each output channel's mean is taken from its DC
     bin and its product divided by its standard deviation before the threshold, using
     ``moments`` where calibrated, the batch's where NaN; the batch's moments are returned
-    (else empty).
+    (else empty). ``affine`` (``(2, O)``, with ``moments`` only) then scales each channel by
+    ``affine[0]`` and adds ``affine[1]`` to it, as BatchNorm's weight and bias do.
     ``residual``, a dense complex ``(bins, N, O)`` spectrum on the output's grid, is added
     after that (a residual connection, whose sum the threshold and split tanh then act on).
     ``crop`` (a strided layer, see :class:`LayerConfig`) puts the output on a grid of the
@@ -310,7 +329,7 @@ def layer(
             batch_moments = weight.new_empty(0, dtype=torch.float32)
         else:
             out, used, batch_moments = _summed_forward(
-                backend, weight, bias, cfg, real, sources, moments, residual
+                backend, weight, bias, cfg, real, sources, moments, affine, residual
             )
     threshold = torch.as_tensor(used, dtype=torch.float64, device=weight.device).clone()
     return out.values, out.mask, out.offsets, threshold, batch_moments
@@ -318,24 +337,9 @@ def layer(
 
 @layer.register_fake
 def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts, beta, activation,
-      value_dtype, density, groups, dilation, crop, running, moments, residual, rebuild,
+      value_dtype, density, groups, dilation, crop, running, moments, affine, residual, rebuild,
       rebuild_args):  # fmt: skip
-    out_grid = _config(
-        weight,
-        grid,
-        size,
-        batch,
-        channels,
-        shifts,
-        beta,
-        activation,
-        value_dtype,
-        density,
-        groups,
-        dilation,
-        crop,
-    ).out_grid
-    out_channels, bins = weight.shape[0], out_grid[0] * (out_grid[1] // 2 + 1)
+    out_channels, bins = weight.shape[0], math.prod(transforms.half(_out_grid(grid, size, crop)))
     nnz = torch.library.get_ctx().new_dynamic_size()
     real = compute_dtype(weight, *inputs)
     values = weight.new_empty(nnz, 2, dtype=value_dtype or real)
@@ -350,9 +354,20 @@ def _(weight, bias, inputs, masks, offsets, grid, size, batch, channels, shifts,
 
 
 def _setup_layer(ctx, inputs, output) -> None:
-    weight, bias, sources, masks, offsets, *config, _running, moments, residual, rebuild, rebuild_args = (
-        inputs
-    )
+    (
+        weight,
+        bias,
+        sources,
+        masks,
+        offsets,
+        *config,
+        _running,
+        moments,
+        affine,
+        residual,
+        rebuild,
+        rebuild_args,
+    ) = inputs
     values, mask, out_offsets, _, batch_moments = output
     ctx.config, ctx.has_bias, ctx.sources = config, bias is not None, len(sources)
     ctx.residual = residual is not None
@@ -361,18 +376,20 @@ def _setup_layer(ctx, inputs, output) -> None:
     if rebuild:
         sources = [None, *sources[1:]]  # kept as its recipe
     keep = values if _config(weight, *config).activation else None  # split tanh's derivative reads them
-    ctx.save_for_backward(weight, bias, keep, mask, out_offsets, used, *sources, *masks, *offsets, *rebuild)
+    ctx.save_for_backward(
+        weight, bias, keep, mask, out_offsets, used, affine, *sources, *masks, *offsets, *rebuild
+    )
 
 
 def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _grad_moments):
-    weight, bias, values, mask, out_offsets, moments, *saved = ctx.saved_tensors
+    weight, bias, values, mask, out_offsets, moments, affine, *saved = ctx.saved_tensors
     count, (rebuild_args, dtype) = ctx.sources, ctx.rebuild
     sources, masks = saved[:count], saved[count : 2 * count]
     offsets, rebuild = saved[2 * count : 3 * count], saved[3 * count :]
     if rebuild:  # the spatial source was kept as its recipe
         sources[0] = rebuild_input(rebuild, rebuild_args, dtype)
     wanted = ctx.needs_input_grad
-    needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2], ctx.residual and wanted[19]]
+    needs = [wanted[0], ctx.has_bias and wanted[1], *wanted[2], ctx.residual and wanted[20], wanted[19]]
     grads = layer_backward(
         grad_values,
         weight,
@@ -385,6 +402,7 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _g
         offsets,
         *ctx.config,
         moments,
+        affine,
         needs,
     )
     grads = [g if need else None for g, need in zip(grads, needs)]
@@ -395,11 +413,12 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _g
         *config,
         None,  # running
         None,  # moments
-        grads[-1],
+        grads[-1],  # affine
+        grads[-2],  # residual
         _no_grads(rebuild),
         _no_grads(rebuild_args),
     ]
-    return grads[0], grads[1], grads[2:-1], *rest
+    return grads[0], grads[1], grads[2:-2], *rest
 
 
 def _no_grads(items: list) -> list | None:
@@ -439,34 +458,37 @@ def layer_backward(
     dilation: list[int],
     crop: list[int],
     moments: Optional[Tensor],
+    affine: Optional[Tensor],
     needs: list[bool],
 ) -> list[Tensor]:
-    """Gradients of :func:`layer`: ``[weight, bias, *inputs, residual]``, each empty where
-    ``needs`` (same order) says it is not wanted. ``moments`` are those a normalised layer
-    used."""
+    """Gradients of :func:`layer`: ``[weight, bias, *inputs, residual, affine]``, each empty
+    where ``needs`` (same order) says it is not wanted. ``moments`` are those a normalised
+    layer used."""
     cfg = _config(
         weight, grid, size, batch, channels, shifts, beta, activation, value_dtype, density, groups, dilation,
         crop,
     )  # fmt: skip
     with annotate(lambda: f"layer.backward {cfg.describe(weight)}"), _exact(weight.device):
         return _layer_backward(
-            cfg,
-            needs,
-            grad_values,
-            weight,
-            bias,
-            values,
-            out_mask,
-            out_offsets,
-            inputs,
-            masks,
-            offsets,
-            moments,
-        )
+            cfg, needs, grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks, offsets,
+            moments, affine,
+        )  # fmt: skip
 
 
 def _layer_backward(
-    cfg, needs, grad_values, grouped, bias, values, out_mask, out_offsets, inputs, masks, offsets, moments
+    cfg,
+    needs,
+    grad_values,
+    grouped,
+    bias,
+    values,
+    out_mask,
+    out_offsets,
+    inputs,
+    masks,
+    offsets,
+    moments,
+    affine,
 ):
     weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
     backend, real = ops(weight.device), compute_dtype(weight, *inputs)
@@ -474,14 +496,21 @@ def _layer_backward(
         grad_values = backend.activation_backward(values, grad_values)
     out_channels = weight.shape[0]
     grad_residual = weight.new_empty(0)
-    if needs[-1]:  # the residual was added as it is: its gradient is the sum's, dense
+    if needs[-2]:  # the residual was added as it is: its gradient is the sum's, dense
         summed = CompressedSpectrum._trusted(
             grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.out_grid
         )
         grad_residual = unpack(summed)
+    scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
+    wants_affine = affine is not None and needs[-1]
     if moments is not None:  # scaled by channel: the kept entries' channels, read off the mask
         numel = math.prod(transforms.half(cfg.out_grid)) * cfg.batch * out_channels
-        channel = kept_positions(out_mask, numel) % out_channels
+        positions = kept_positions(out_mask, numel)
+        channel = positions % out_channels
+        if wants_affine:  # the real parts at the DC entries (frequency 0 comes first), per channel
+            is_dc = (positions < cfg.batch * out_channels).to(real)
+            dc = torch.zeros(out_channels, dtype=real, device=weight.device)
+            dc.index_add_(0, channel, grad_values[:, 0].to(real) * is_dc)
         grad_values = grad_values * moments_scale(moments)[channel].unsqueeze(1).to(grad_values.dtype)
     grad_out = CompressedSpectrum._trusted(
         grad_values.to(real), out_mask, out_offsets, cfg.batch, out_channels, cfg.out_grid
@@ -490,61 +519,75 @@ def _layer_backward(
         grad_out = transforms.crop_spectrum_adjoint(backend.unpack(grad_out), cfg.cropped)
     grad_out = backend.operand(grad_out)  # converted once, read by every product below
     grad_sources, grad_kernels, start = [], [], 0
+    inner = torch.zeros(out_channels, dtype=real, device=weight.device)  # <grad_out, product> per channel
     for index, (source, mask, offset, channels, shift) in enumerate(
         zip(inputs, masks, offsets, cfg.channels, cfg.shifts)
     ):
         spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
-        if mask is not None or needs[0]:
+        if mask is not None or needs[0] or wants_affine:
             spectrum_in = _layer_input(source, mask, offset, cfg.batch, channels, cfg.grid, real)
         part = weight[:, start : start + channels].to(real)
         start += channels
+        kernel = None
+        if needs[2 + index] or wants_affine:
+            kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
         grad_source = source.new_empty(0)
         if needs[2 + index]:
-            kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
+            scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
             if mask is None:
-                grad_spectrum = backend.product_input_grad(grad_out, kernel, None)
+                grad_spectrum = backend.product_input_grad(grad_out, scaled, None)
                 grad_source = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
             else:
-                grad_source = backend.product_input_grad(grad_out, kernel, spectrum_in)
+                grad_source = backend.product_input_grad(grad_out, scaled, spectrum_in)
             grad_source = grad_source.to(source.dtype)
         grad_sources.append(grad_source)
-        if needs[0]:
+        if needs[0] or wants_affine:
             grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
-            grad_kernels.append(transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift))
+            if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
+                inner += torch.einsum("foc,fco->o", kernel, grad_kernel).real
+            if needs[0]:
+                grad_kernels.append(
+                    transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
+                )
     grad_weight = weight.new_empty(0)
     if needs[0]:
-        grad_weight = torch.cat(grad_kernels, dim=1).to(weight.dtype)
-        grad_weight = transforms.dense_weight_adjoint(grad_weight, cfg.groups, cfg.dilation)
+        grad_weight = torch.cat(grad_kernels, dim=1)
+        if scale is not None:
+            grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
+        grad_weight = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.groups, cfg.dilation)
     grad_bias = weight.new_empty(0)
-    if needs[1]:
-        grad_bias = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
-        grad_bias = grad_bias.to(weight.dtype)
-    return [grad_weight, grad_bias, *grad_sources, grad_residual]
+    if needs[1] or (wants_affine and bias is not None):  # the bias's gradient before the scale
+        dc_grid = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
+        inner += 0 if bias is None else bias.to(real) * dc_grid
+        grad_bias = (dc_grid if scale is None else dc_grid * scale).to(weight.dtype)
+    grad_affine = weight.new_empty(0)
+    if wants_affine:
+        grad_affine = _affine_grad(inner, dc, moments, cfg.out_grid).to(affine.dtype)
+    return [grad_weight, grad_bias, *grad_sources, grad_residual, grad_affine]
+
+
+def _affine_grad(inner: Tensor, dc: Tensor, moments: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Gradient of a normalised layer's ``affine`` ``(2, O)`` (BatchNorm's weight and bias).
+
+    The weight's is the inner product of the gradient at the kept entries, ``G``, with the
+    normalised product ``r (Y - mean)``: ``inner`` is ``<r G, Y>`` per channel (from the
+    kernel gradient and the bias, so ``Y`` is not computed again) and ``dc`` the sum of
+    ``G``'s real parts at the DC entries, which the mean and the bias touch.
+    """
+    r = moments_scale(moments).to(inner.dtype)
+    bias_scale = transforms.bias_scale(grid)
+    return torch.stack([inner - moments[0].to(inner.dtype) * bias_scale * r * dc, bias_scale * dc])
 
 
 @layer_backward.register_fake
 def _(grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks, offsets, grid, size, batch,
-      channels, shifts, beta, activation, value_dtype, density, groups, dilation, crop, moments,
+      channels, shifts, beta, activation, value_dtype, density, groups, dilation, crop, moments, affine,
       needs):  # fmt: skip
-    out_grid = _config(
-        weight,
-        grid,
-        size,
-        batch,
-        channels,
-        shifts,
-        beta,
-        activation,
-        value_dtype,
-        density,
-        groups,
-        dilation,
-        crop,
-    ).out_grid
-    bins = out_grid[0] * (out_grid[1] // 2 + 1)
+    bins = math.prod(transforms.half(_out_grid(grid, size, crop)))
     complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
     residual = weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype)
-    likes = [weight, weight.new_empty(weight.shape[0]), *inputs, residual]
+    affine_like = weight.new_empty(2, weight.shape[0]) if affine is None else affine
+    likes = [weight, weight.new_empty(weight.shape[0]), *inputs, residual, affine_like]
     return [torch.empty_like(like) if need else like.new_empty(0) for like, need in zip(likes, needs)]
 
 

@@ -86,6 +86,7 @@ def spectral_layer(
     moments: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     stride: tuple[int, int] = (1, 1),
+    affine: torch.Tensor | None = None,
 ) -> SpectralFlow:
     """One layer of a block: product with ``weight``'s spectrum, threshold, split tanh.
 
@@ -93,15 +94,18 @@ def spectral_layer(
     shifted so that the contributions line up before they are summed. ``running``, when
     given and not NaN, is the threshold a density budget uses instead of its quantile.
     ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``. ``moments``
-    normalises the layer (``spectriton::layer``'s argument). ``residual``, a spatial batch
-    shaped as the block's output, is added to the product before the threshold and split
-    tanh, in the spectral domain: a residual connection and the activation after it, with
-    no spatial tensor kept for either. A layer with a ``stride`` (the last of its block)
-    crops its product to its output first and keeps the spectrum of that, on a grid the
-    output's size.
+    normalises the layer and ``affine`` (``(2, O)``: scale and shift per channel, BatchNorm's
+    weight and bias) then scales and shifts it (``spectriton::layer``'s arguments).
+    ``residual``, a spatial batch shaped as the block's output, is added to the product
+    before the threshold and split tanh, in the spectral domain: a residual connection and
+    the activation after it, with no spatial tensor kept for either. A layer with a
+    ``stride`` (the last of its block) crops its product to its output first and keeps the
+    spectrum of that, on a grid the output's size.
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
+    if affine is not None and (moments is None or tuple(affine.shape) != (2, weight.shape[0])):
+        raise ValueError(f"affine must be (2, {weight.shape[0]}) and come with moments")
     channels = sum(s.channels for s in sources)
     if weight.shape[1] * groups != channels:
         raise ValueError(
@@ -145,7 +149,7 @@ def spectral_layer(
     rebuild_args = list(first.recipe.args) if rebuild else []
     values, mask, offsets, used, batch_moments = custom_ops.layer(
         weight, bias, [s.values for s in sources], [s.mask for s in sources], [s.offsets for s in sources],
-        *cfg.op_args(), running, moments, spectrum, rebuild or [], rebuild_args,
+        *cfg.op_args(), running, moments, affine, spectrum, rebuild or [], rebuild_args,
     )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, geom, first.dtype, used,

@@ -116,15 +116,15 @@ class Chain:
     nodes: list[fx.Node] = field(default_factory=list)
     absorbed: list[str] = field(default_factory=list)
     activated: list[bool] = field(default_factory=list)
-    normalized: list[bool] = field(default_factory=list)
+    norms: list[str | None] = field(default_factory=list)  # the BatchNorm each conv absorbs
     residual: fx.Node | None = None  # the shortcut added before the last layer's activation
 
 
-def _absorb_after(node: fx.Node, module: nn.Module, chain: Chain) -> tuple[fx.Node, bool, bool]:
+def _absorb_after(node: fx.Node, module: nn.Module, chain: Chain) -> tuple[fx.Node, bool, str | None]:
     """Take ``[BN] [ReLU]`` (or a BN with its ReLU) after ``node`` into ``chain``; returns
-    the last node taken, whether any was (split tanh then stands for them) and whether a
-    BN was."""
-    end, activated, normalized = node, False, False
+    the last node taken, whether any was (split tanh then stands for them) and the BN
+    taken, if one was."""
+    end, activated, normalized = node, False, None
     for kind in ("bn", "act"):
         user = only_user(end)
         if user is None:
@@ -133,7 +133,8 @@ def _absorb_after(node: fx.Node, module: nn.Module, chain: Chain) -> tuple[fx.No
         if (kind == "bn" and norm is not None) or (kind == "act" and is_activation(user, module)):
             chain.nodes.append(user)
             chain.absorbed.append(call_name(user))
-            end, activated, normalized = user, True, normalized or norm is not None
+            end, activated = user, True
+            normalized = user.target if norm is not None else normalized
             if norm == "bn+act":
                 break
     return end, activated, normalized
@@ -153,7 +154,7 @@ def find_chains(graph: fx.Graph, module: nn.Module, eligible: dict[str, nn.Conv2
             used.add(current)
             end, activated, normalized = _absorb_after(current, module, chain)
             chain.activated.append(activated)
-            chain.normalized.append(normalized)
+            chain.norms.append(normalized)
             user = only_user(end)
             if not (activated and keeps_size(eligible[current.target]) and user is not None):
                 break
@@ -195,13 +196,15 @@ def _residual_after(end: fx.Node, module: nn.Module) -> tuple[fx.Node, fx.Node, 
 @dataclass
 class DenseLayer:
     """One bottleneck of a dense block: its convolutions' names (relative to the layer),
-    whether each is followed by an activation and by a BatchNorm, and the modules bypassed
-    before each."""
+    whether each is followed by an activation and by a BatchNorm, the BatchNorm whose
+    weight and bias each takes (the bottleneck's own; the output's consumers each normalise
+    it with their own), and the modules bypassed before each."""
 
     name: str
     convs: list[str]
     activated: list[bool]
     normalized: list[bool]
+    norms: list[str | None]
     pre: list[str]
     between: list[str]
 
@@ -264,9 +267,10 @@ def _dense_layer(name: str, layer: nn.Module, eligible) -> DenseLayer | None:
     if len(convs) != 2 or parts[2]:
         return None
 
-    def has_norm(names: list[str]) -> bool:
-        return any(norm_kind(layer.get_submodule(n)) is not None for n in names)
+    def norm(names: list[str]) -> str | None:
+        return next((n for n in names if norm_kind(layer.get_submodule(n)) is not None), None)
 
     # the second convolution's output is activated (and normalised) for the consumers' pre-activation
-    activated, normalized = [bool(parts[1]), bool(parts[0])], [has_norm(parts[1]), has_norm(parts[0])]
-    return DenseLayer(name, convs, activated, normalized, parts[0], parts[1])
+    activated = [bool(parts[1]), bool(parts[0])]
+    normalized = [norm(parts[1]) is not None, norm(parts[0]) is not None]
+    return DenseLayer(name, convs, activated, normalized, [norm(parts[1]), None], parts[0], parts[1])

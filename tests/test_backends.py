@@ -18,18 +18,19 @@ def _run(model, x, backend, monkeypatch):
     return y, grads, report
 
 
-def _specnet(value_dtype):
+def _specnet(value_dtype, normalize=False):
     torch.manual_seed(1)
+    options = dict(
+        beta=0.5, activation="split_tanh", value_dtype=value_dtype, normalize=normalize, affine=normalize
+    )
     return nn.Sequential(
         st.SpectralSequential(
-            st.SpectralConv2d(3, 6, 3, padding=1, beta=0.5, activation="split_tanh", value_dtype=value_dtype),
-            st.SpectralConv2d(
-                6, 4, 3, padding=1, stride=2, beta=0.5, activation="split_tanh", value_dtype=value_dtype
-            ),
+            st.SpectralConv2d(3, 6, 3, padding=1, **options),
+            st.SpectralConv2d(6, 4, 3, padding=1, stride=2, **options),
         ),
         st.CompactMaxPool2d(2),
         st.SpectralSequential(  # rebuilds its input from the first block's spectrum in backward
-            st.SpectralConv2d(4, 3, 3, padding=1, beta=0.5, activation="split_tanh", value_dtype=value_dtype)
+            st.SpectralConv2d(4, 3, 3, padding=1, **options)
         ),
     )
 
@@ -43,6 +44,23 @@ def test_specnet_block_matches_across_backends(monkeypatch):
     for a, b in zip(g_t, g_k):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert r_k.per_module == r_t.per_module
+
+
+def test_normalised_layers_with_their_affine_match_across_backends(monkeypatch):
+    model = _specnet(None, normalize=True)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    with torch.no_grad():
+        model(x)  # calibrates the running moments; eval mode then uses them as they are
+        for layer in model.modules():
+            if isinstance(layer, st.SpectralConv2d):
+                layer.norm_weight.uniform_(0.5, 1.5)
+                layer.norm_bias.uniform_(-0.3, 0.3)
+    model.eval()
+    y_t, g_t, _ = _run(model, x, "torch", monkeypatch)
+    y_k, g_k, _ = _run(model, x, "triton", monkeypatch)
+    torch.testing.assert_close(y_k, y_t, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_t, g_k):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 def test_bf16_values_match_layer_by_layer(monkeypatch):

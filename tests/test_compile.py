@@ -14,7 +14,7 @@ from spectriton.functional import SpectralFlow, spectral_layer
 from spectriton.geometry import LayerShape
 
 
-def _layer_args(compressed_source: bool, density=None, power=None, residual=False, crop=()):
+def _layer_args(compressed_source: bool, density=None, power=None, residual=False, crop=(), affine=False):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
@@ -29,7 +29,8 @@ def _layer_args(compressed_source: bool, density=None, power=None, residual=Fals
     spectrum = None
     if residual:  # a residual connection's spectrum, added before the threshold
         spectrum = torch.randn(grid[0] * (grid[1] // 2 + 1), 2, 4, dtype=torch.complex64, requires_grad=True)
-    return (weight, bias, *sources, *config, None, power, spectrum, [], [])
+    scale_shift = torch.randn(2, 4, requires_grad=True) if affine else None
+    return (weight, bias, *sources, *config, None, power, scale_shift, spectrum, [], [])
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
@@ -57,6 +58,12 @@ def test_strided_layer_op_passes_opcheck(compressed_source):
 def test_layer_op_with_a_residual_passes_opcheck(power):
     power = None if power is None else torch.tensor([[0.5], [2.0]]).expand(2, 4).contiguous()
     torch.library.opcheck(custom_ops.layer, _layer_args(True, None, power, residual=True))
+
+
+@pytest.mark.parametrize("crop", [(), (2, 2, 8, 8, 2, 2)], ids=["plain", "strided"])
+def test_layer_op_with_an_affine_passes_opcheck(crop):
+    power = torch.tensor([[0.5], [2.0]]).expand(2, 4).contiguous()
+    torch.library.opcheck(custom_ops.layer, _layer_args(True, None, power, crop=crop, affine=True))
 
 
 def test_output_op_passes_opcheck():

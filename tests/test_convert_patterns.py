@@ -87,7 +87,11 @@ def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
     loss = nn.functional.cross_entropy(model(torch.randn(2, 1, 8, 8)), torch.tensor([0, 1]))
     loss.backward()
     assert all(u.squeeze.weight.grad.abs().sum() > 0 for u in model.stage.units)
-    assert not any(p.requires_grad for p in model.stage.units[0].bn_a.parameters())
+    unit = model.stage.units[0]
+    assert not any(p.requires_grad for p in unit.bn_a.parameters())  # pre-activation: bypassed
+    # the bottleneck's own BatchNorm: its weight and bias are the layer's, and train
+    assert unit.squeeze.norm_weight is unit.bn_b.weight and unit.squeeze.norm_bias is unit.bn_b.bias
+    assert unit.bn_b.weight.grad.abs().sum() > 0 and unit.bn_b.bias.grad.abs().sum() > 0
 
 
 def test_a_converted_dense_block_pickles_and_reverts():

@@ -88,19 +88,25 @@ def test_later_layer_input_gradient_is_packed():
     assert gradcheck(f, (values, w2))
 
 
-def test_dense_block_layer_with_two_sources():
-    """A layer reading the block input and an earlier layer's output (DenseNet style)."""
+@pytest.mark.parametrize("normalised", [False, True], ids=["plain", "normalised"])
+def test_dense_block_layer_with_two_sources(normalised):
+    """A layer reading the block input and an earlier layer's output (DenseNet style);
+    normalised, with BatchNorm's scale and shift and a bias."""
     shape = LayerShape((3, 3), (1, 1), (1, 1))
     x = torch.randn(2, 2, 5, 5, dtype=D, requires_grad=True)
     w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
     w2 = (0.5 * torch.randn(2, 5, 3, 3, dtype=D)).requires_grad_()
+    b2 = torch.randn(2, dtype=D, requires_grad=True)
+    affine = torch.tensor([[0.7, -1.2], [0.1, 0.3]], dtype=D, requires_grad=True)
+    moments = torch.tensor([[0.2, -0.1], [1.5, 0.5]], dtype=torch.float32) if normalised else None
 
-    def f(x, w1, w2):
+    def f(x, w1, w2, b2, affine):
         start = SpectralFlow.start(x, [shape, shape])
         first = spectral_layer(start, w1, None, (1, 1), 0.0, "split_tanh")
-        return spectral_output(spectral_layer([start, first], w2, None, (1, 1), 0.0, "split_tanh"))
+        options = dict(moments=moments, affine=affine) if normalised else {}
+        return spectral_output(spectral_layer([start, first], w2, b2, (1, 1), 0.0, "split_tanh", **options))
 
-    assert gradcheck(f, (x, w1, w2))
+    assert gradcheck(f, (x, w1, w2, b2, affine))
 
 
 def test_compact_max_pool():
@@ -158,7 +164,8 @@ def test_residual_added_in_the_spectral_domain():
 @pytest.mark.parametrize("normalised", [False, True], ids=["plain", "normalised"])
 def test_strided_layer_on_its_outputs_grid(normalised):
     """A strided layer thresholds the spectrum of its cropped, strided output (an odd-sized
-    one here), with a residual added there: gradcheck passes."""
+    one here), with a residual added there (normalised: with BatchNorm's scale and shift,
+    a zero scale included): gradcheck passes."""
     shapes = [LayerShape((3, 3), (1, 1), (1, 1)), LayerShape((3, 3), (1, 1), (2, 2))]
     x = torch.randn(2, 2, 7, 7, dtype=D, requires_grad=True)
     w1 = (0.5 * torch.randn(3, 2, 3, 3, dtype=D)).requires_grad_()
@@ -166,16 +173,17 @@ def test_strided_layer_on_its_outputs_grid(normalised):
     b2 = torch.randn(2, dtype=D, requires_grad=True)
     r = torch.randn(2, 2, 4, 4, dtype=D, requires_grad=True)
     moments = torch.tensor([[0.1, -0.2], [0.5, 2.0]], dtype=torch.float32) if normalised else None
+    affine = torch.tensor([[1.5, 0.0], [0.3, -0.2]], dtype=D, requires_grad=True) if normalised else None
 
-    def f(x, w1, w2, b2, r):
+    def f(x, w1, w2, b2, r, affine):
         flow = spectral_layer(SpectralFlow.start(x, shapes), w1, None, (1, 1), 0.0, "split_tanh")
         last = spectral_layer(
-            flow, w2, b2, (1, 1), 0.0, "split_tanh", moments=moments, residual=r, stride=(2, 2)
+            flow, w2, b2, (1, 1), 0.0, "split_tanh", moments=moments, residual=r, stride=(2, 2), affine=affine
         )
         assert last.geom.grid == (4, 4)  # the output's own grid
         return spectral_output(last)
 
-    assert gradcheck(f, (x, w1, w2, b2, r))
+    assert gradcheck(f, (x, w1, w2, b2, r, affine))
 
 
 def test_strided_block_matches_the_dense_oracle():

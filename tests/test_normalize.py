@@ -77,6 +77,42 @@ def test_a_normalised_linear_layer_is_batchnorm_with_the_running_moments():
     torch.testing.assert_close(layer(x), (y - mean) / (var + 1e-5).sqrt(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_normalised_linear_layer_with_its_affine_is_batchnorm(stride):
+    """With ``affine``, BatchNorm's weight and bias scale and shift each channel; a strided
+    layer normalises its output's own pixels (1x1 kernel: its grid is its output)."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 1, stride=stride), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    layer = st.SpectralConv2d.from_conv(conv, bn, value_dtype=torch.complex64).train()
+    assert layer.normalize and layer.affine and layer.norm_weight is bn.weight
+    x = torch.randn(4, 3, 6, 6) + 1.0
+    torch.testing.assert_close(layer(x), bn.train()(conv(x)), atol=1e-4, rtol=1e-4)
+
+
+def test_affine_gradients_pass_gradcheck():
+    from torch.autograd import gradcheck
+
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(2, 3, 3, padding=1, activation="split_tanh", normalize=True, affine=True)
+    layer = layer.double()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    layer(x)  # calibrates the running moments: constants of the steps below
+    layer.eval()
+    with torch.no_grad():
+        layer.norm_weight.copy_(torch.tensor([1.5, 0.3, -0.5]))
+        layer.norm_bias.copy_(torch.tensor([0.2, -0.1, 0.0]))
+
+    def f(weight, scale, shift):
+        params = {"weight": weight, "bias": layer.bias, "norm_weight": scale, "norm_bias": shift}
+        return torch.func.functional_call(layer, params, (x,))
+
+    args = [p.detach().clone().requires_grad_() for p in (layer.weight, layer.norm_weight, layer.norm_bias)]
+    assert gradcheck(f, args)
+
+
 def test_state_dict_loads_strictly_without_running_moments_and_deepcopies():
     conv = nn.Conv2d(3, 5, 3, padding=1)
     layer = st.SpectralConv2d.from_conv(conv, activation="split_tanh", normalize=True)
@@ -98,14 +134,34 @@ def test_convert_normalises_the_layers_that_absorb_a_batchnorm():
     )  # fmt: skip
     rows = {r.name: r for r in st.plan(model)}
     assert "normalised" in rows["0"].reason and "normalised" not in rows["3"].reason
+    assert "with its weight and bias" in rows["0"].reason
     st.convert(model)
     assert model[0].normalize and not model[3].normalize
+    assert model[0].affine and model[0].norm_weight is model[1].weight
     bypassed = st.convert(
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()), normalize=False
     )
     assert not bypassed[0].normalize
 
 
+def test_convert_leaves_out_a_zero_initialised_batchnorm_weight_and_affine_false():
+    def model():
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+    zeroed = model()
+    nn.init.zeros_(zeroed[1].weight)  # as timm's last BN of each residual block
+    assert "zero-initialised, not taken" in st.plan(zeroed)[0].reason
+    st.convert(zeroed)
+    assert zeroed[0].normalize and not zeroed[0].affine
+    assert not any(p.requires_grad for p in zeroed[1].parameters())  # bypassed: frozen
+    plain = st.convert(model(), affine=False)
+    assert plain[0].normalize and not plain[0].affine
+
+
 def test_bad_input():
     with pytest.raises(TypeError, match="normalize must be a bool"):
         st.SpectralConv2d(3, 5, 3, normalize=1)
+    with pytest.raises(ValueError, match="affine=True needs normalize=True"):
+        st.SpectralConv2d(3, 5, 3, affine=True)
+    with pytest.raises(TypeError, match="norm must be a BatchNorm"):
+        st.SpectralConv2d.from_conv(nn.Conv2d(3, 5, 3), nn.LayerNorm(5))
