@@ -4,34 +4,20 @@
 dense layer) in ``torch.utils.checkpoint`` (non-reentrant): backward recomputes the block
 from its input, which is all the block keeps.
 
-A checkpoint keeps its input in its own frame, out of sight of saved-tensor hooks; the
-wrapper hands that input to autograd as well (the same tensor: no extra bytes), so that
-:func:`spectriton.memory.saved_bytes` counts what checkpointing really keeps.
+The checkpoint's input is handed to autograd too (:func:`spectriton.recompute.recomputed`),
+so that :func:`spectriton.memory.saved_bytes` counts what checkpointing really keeps.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from spectriton.models import DenseLayer
 from spectriton.pooling import CompactMaxPool2d
+from spectriton.recompute import recomputed
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, CompactMaxPool2d)
-
-
-class _Keep(torch.autograd.Function):
-    """Identity on ``y`` that saves ``x`` (what the checkpoint keeps) for backward."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return y.clone()  # a new tensor, not a view: later layers may work in place
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
 
 
 class Checkpointed(nn.Module):
@@ -44,7 +30,7 @@ class Checkpointed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self.body(x)
-        return _Keep.apply(checkpoint(self.body, x, use_reentrant=False), x)
+        return recomputed(self.body, x)
 
 
 def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:

@@ -14,7 +14,8 @@ from torch import nn
 
 from spectriton import _checks, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
-from spectriton.geometry import LayerShape
+from spectriton.geometry import LayerShape, block_geometry
+from spectriton.recompute import recomputed
 
 MOMENTUM = 0.1  # of the running threshold (density mode) and moments (normalize), as nn.BatchNorm2d's
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
@@ -50,6 +51,8 @@ class SpectralConv2d(nn.Module):
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
     """
+
+    _replay: tuple | None = None  # (moments,) while a checkpoint runs this layer's step again
 
     def __init__(
         self,
@@ -206,12 +209,15 @@ class SpectralConv2d(nn.Module):
         (after the normalisation) in the spectral domain."""
         eval_budget = self.density is not None and not self.training
         moments = self.running_moments if self.normalize else None
-        if self.normalize and self.training and not self._moments_checked:
+        replay = self._replay  # recomputed in backward: the forward's moments, nothing updated
+        if replay is not None:
+            moments = replay[0]
+        elif self.normalize and self.training and not self._moments_checked:
             self._calibrate(flows)
         affine = torch.stack([self.norm_weight, self.norm_bias]) if self.affine else None
         running = self.threshold if eval_budget else None
         flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
-        if self.training:
+        if self.training and replay is None:
             if self.density is not None:
                 _update_running(self.threshold, flow.beta)
             if self.normalize:
@@ -321,6 +327,12 @@ def run_layers(
     activation: a residual block whose add and activation stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)
+    if _outweighs_input(layers, x, residual):
+        return _run_recomputed(layers, x, hooks, residual)
+    return _run_block(layers, x, hooks, residual)
+
+
+def _run_block(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None):
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])
     if x.shape[0] == 0:
         anchor = empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
@@ -329,6 +341,55 @@ def run_layers(
         extra = residual if index == len(layers) - 1 else None
         flow = layer(flow, extra) if hooks else layer.step([flow], extra)
     return spectral_output(flow)
+
+
+def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether the block's kept values, at the fractions its layers kept in their last
+    training step, would outweigh its spatial input and shortcut, and its output (which the
+    next block then keeps, having no spectrum to rebuild it from). Then keeping those and
+    recomputing the block in backward is the smaller exact form (DESIGN.md section 3): maps
+    of a pixel or two, whose spectra lie on grids several times the map."""
+    if not (torch.is_grad_enabled() and layers[0].training) or torch.compiler.is_compiling():
+        return False
+    if any(layer.last_density is None for layer in layers):
+        return False
+    geom = block_geometry([layer.shape for layer in layers], tuple(x.shape[-2:]))
+    real = 8 if x.dtype == torch.float64 else 4
+    spectral = 0.0
+    for index, layer in enumerate(layers):
+        if layer.activation is None:  # keeps no values
+            continue
+        strided = index == len(layers) - 1 and geom.strided
+        bins = geom.of_output().bins if strided else geom.bins
+        pair = 2 * (2 if layer.value_dtype is not None else real)
+        spectral += layer.last_density * x.shape[0] * layer.out_channels * bins * pair
+    dense = (x.numel() + x.shape[0] * layers[-1].out_channels * math.prod(geom.out)) * x.element_size()
+    if residual is not None and residual is not x:
+        dense += residual.numel() * residual.element_size()
+    return spectral > dense
+
+
+def _run_recomputed(
+    layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None
+):
+    """:func:`_run_block` keeping ``x`` and ``residual`` only, run again in backward with the
+    moments the forward used (handed to the checkpoint: the running ones move on)."""
+    moments = [layer.running_moments.clone() if layer.normalize else None for layer in layers]
+    calls = []
+
+    def body(x, residual, *moments):
+        if not calls:  # the forward
+            calls.append(True)
+            return _run_block(layers, x, hooks, residual)
+        for layer, used in zip(layers, moments):
+            layer._replay = (used,)
+        try:
+            return _run_block(layers, x, hooks, residual)
+        finally:
+            for layer in layers:
+                layer._replay = None
+
+    return recomputed(body, x, residual, *moments)
 
 
 class SpectralDenseBlock(nn.Module):

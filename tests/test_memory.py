@@ -1,5 +1,6 @@
 """What the layers save for backward, measured with saved-tensor hooks."""
 
+import copy
 import math
 
 import pytest
@@ -190,3 +191,34 @@ def test_a_strided_layer_keeps_the_spectrum_of_its_output():
     nnz = round(strided.last_density * bins * maps)
     assert nnz > 0
     assert saved == x.numel() * 4 + nnz * 8 + 4 * math.ceil(bins * maps / 32) + 8 * (bins + 1)
+
+
+def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes(monkeypatch):
+    """On 1 x 1 maps a block's spectra (6 bins a map on its 3 x 3 grid) outweigh its input:
+    after a first step, which measures what each layer keeps, the block keeps its input
+    (and the moments it normalised with) and runs again in backward, with the outputs,
+    gradients and running moments that kept spectra give."""
+    from spectriton import conv
+
+    torch.manual_seed(0)
+    options = dict(padding=1, activation="split_tanh", normalize=True, affine=True)
+    recomputing = st.SpectralSequential(
+        st.SpectralConv2d(16, 16, 3, **options), st.SpectralConv2d(16, 16, 3, **options)
+    )
+    keeping = copy.deepcopy(recomputing)
+    x = torch.randn(8, 16, 1, 1)
+
+    def step(model):
+        model.zero_grad()
+        y = model(x)
+        y.square().sum().backward()
+        return [y, *(p.grad for p in model.parameters()), *model.buffers()]
+
+    step(recomputing)
+    assert saved_bytes(recomputing, x).total == x.numel() * 4 + 2 * (2 * 16 * 4)
+    recomputed = step(recomputing)
+    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)
+    step(keeping)
+    assert saved_bytes(keeping, x).total > 4 * x.numel() * 4
+    for a, b in zip(recomputed, step(keeping), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
