@@ -45,14 +45,17 @@ class SpectralConv2d(nn.Module):
     constants of each step, so the gradients are exact for the forward computed.
     ``affine=True`` (with ``normalize``) then scales each channel by ``norm_weight`` and
     shifts it by ``norm_bias`` (trainable, ones and zeros at first), as BatchNorm's
-    ``weight`` and ``bias`` do. ``spectriton.convert`` sets both on layers that absorb a
-    BatchNorm, sharing the BatchNorm's parameters.
+    ``weight`` and ``bias`` do. A layer made by ``from_conv(conv, bn)`` (``spectriton.convert``
+    makes its layers so) reads ``bn``'s own ``weight`` and ``bias`` instead, at every call:
+    ``bn`` stays in its model and owns them.
 
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
     """
 
-    _replay: tuple | None = None  # (moments,) while a checkpoint runs this layer's step again
+    _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
+    _norm: nn.Module | None = None  # from_conv's BatchNorm, not a child: its model owns it
+    _scale_checked = False  # whether _norm's weight is known not to be all zero
 
     def __init__(
         self,
@@ -142,14 +145,18 @@ class SpectralConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d | None = None, **options) -> SpectralConv2d:
         """A spectral layer sharing ``conv``'s weight and bias (not copies). With ``norm``, the
-        BatchNorm that follows ``conv``, it is a normalised layer instead, sharing ``norm``'s
-        weight and bias as its ``norm_weight`` and ``norm_bias`` where ``norm`` has them."""
+        BatchNorm that follows ``conv``, it is a normalised layer instead, which reads
+        ``norm``'s weight and bias where ``norm`` has them (``norm`` stays where it is: the
+        optimizer finds them there), unless that weight is all zero when the layer first
+        runs (a residual branch zero-initialised to start as the identity, as timm's ResNets
+        do: split tanh cannot, since its threshold acts on the shortcut too, and the branch
+        would stay silent; the layer then normalises without them)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
         if norm is not None:
             if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 raise TypeError(f"norm must be a BatchNorm, got {type(norm).__name__}")
-            options.update(normalize=True, affine=norm.affine)
+            options.update(normalize=True, affine=False)
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -164,29 +171,25 @@ class SpectralConv2d(nn.Module):
             **options,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
-        if layer.affine:
-            layer.norm_weight, layer.norm_bias = norm.weight, norm.bias
+        if norm is not None and norm.affine:
+            object.__setattr__(layer, "_norm", norm)  # a reference, not a child
+            layer.affine = True
         for name, buffer in layer.named_buffers():  # uncalibrated, on conv's device
             setattr(layer, name, torch.full_like(buffer, float("nan"), device=conv.weight.device))
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         """``nn.Conv2d``'s state_dict loads strictly: the running ``threshold`` and
-        ``running_moments`` buffers are optional (missing, they start uncalibrated), and so
-        are ``norm_weight`` and ``norm_bias`` (missing, they keep their values: a converted
-        layer's are its BatchNorm's, loaded under the BatchNorm's names)."""
+        ``running_moments`` buffers are optional (missing, they start uncalibrated)."""
         missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args)
-        optional = [*self.named_buffers(recurse=False)]
-        optional += [(name, None) for name in ("norm_weight", "norm_bias") if self.affine]
-        for name, buffer in optional:
+        for name, buffer in self.named_buffers(recurse=False):
             key = prefix + name
             if key not in state_dict and key in missing_keys:
                 missing_keys.remove(key)
-                if buffer is not None:
-                    with torch.no_grad():
-                        buffer.fill_(float("nan"))
-        self._moments_checked = False
+                with torch.no_grad():
+                    buffer.fill_(float("nan"))
+        self._moments_checked = self._scale_checked = False
 
     @property
     def shape(self) -> LayerShape:
@@ -207,17 +210,17 @@ class SpectralConv2d(nn.Module):
         spectral flow of a block (several flows in a dense block, channels in order);
         ``residual``, a spatial batch shaped as the block's output, is added to the product
         (after the normalisation) in the spectral domain."""
-        eval_budget = self.density is not None and not self.training
         moments = self.running_moments if self.normalize else None
-        replay = self._replay  # recomputed in backward: the forward's moments, nothing updated
+        replay = self._replay  # recomputed in backward: as the forward ran, nothing updated
+        training = self.training if replay is None else replay[1]
         if replay is not None:
             moments = replay[0]
-        elif self.normalize and self.training and not self._moments_checked:
+        elif self.normalize and training and not self._moments_checked:
             self._calibrate(flows)
-        affine = torch.stack([self.norm_weight, self.norm_bias]) if self.affine else None
-        running = self.threshold if eval_budget else None
+        running = self.threshold if self.density is not None and not training else None
+        affine = self._scale_shift()
         flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
-        if self.training and replay is None:
+        if training and replay is None:
             if self.density is not None:
                 _update_running(self.threshold, flow.beta)
             if self.normalize:
@@ -233,6 +236,19 @@ class SpectralConv2d(nn.Module):
                     stacklevel=2,
                 )
         return flow
+
+    def _scale_shift(self) -> torch.Tensor | None:
+        """The ``(2, out_channels)`` weight and bias the normalised channels are scaled and
+        shifted by: this layer's, its BatchNorm's (see :meth:`from_conv`), or None."""
+        if not self.affine:
+            return None
+        if self._norm is None:
+            return torch.stack([self.norm_weight, self.norm_bias])
+        weight, bias = self._norm.weight, self._norm.bias
+        if not self._scale_checked and not torch.compiler.is_compiling():
+            self._zero_scale = not bool(weight.detach().any())  # one host read, once
+            self._scale_checked = True
+        return None if getattr(self, "_zero_scale", False) else torch.stack([weight, bias])
 
     def _layer(self, flows: list[SpectralFlow], **options) -> SpectralFlow:
         """:func:`spectral_layer` with this layer's parameters and settings."""
@@ -375,16 +391,17 @@ def _run_recomputed(
     """:func:`_run_block` keeping ``x`` and ``residual`` only, run again in backward with the
     moments the forward used (handed to the checkpoint: the running ones move on)."""
     moments = [layer.running_moments.clone() if layer.normalize else None for layer in layers]
+    modes = [layer.training for layer in layers]
     calls = []
 
     def body(x, residual, *moments):
         if not calls:  # the forward
             calls.append(True)
             return _run_block(layers, x, hooks, residual)
-        for layer, used in zip(layers, moments):
-            layer._replay = (used,)
-        try:
-            return _run_block(layers, x, hooks, residual)
+        for layer, used, training in zip(layers, moments, modes):
+            layer._replay = (used, training)
+        try:  # no module hooks: the forward ran them
+            return _run_block(layers, x, False, residual)
         finally:
             for layer in layers:
                 layer._replay = None

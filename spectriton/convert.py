@@ -93,9 +93,9 @@ class _Options:
         self, conv: nn.Conv2d, activation: str | None, normalize: bool = False, norm: nn.Module | None = None
     ) -> SpectralConv2d:
         """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm, ``norm``
-        that BatchNorm, whose weight and bias the layer takes (see :func:`_takes_affine`)."""
+        that BatchNorm, whose weight and bias the layer reads (``SpectralConv2d.from_conv``)."""
         normalize = normalize and self.normalize
-        norm = norm if self.normalize and self.affine and _takes_affine(norm) else None
+        norm = norm if self.normalize and self.affine else None
         layer = SpectralConv2d.from_conv(
             conv, norm, beta=self.beta, density=self.density, activation=activation,
             value_dtype=self.value_dtype, normalize=normalize,
@@ -225,7 +225,7 @@ class _Analysis:
                 edit.swaps[qualified] = swap
                 stage.append(edit.graph.get_attr(qualified))
                 action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, swap, norm)
+                reason = _layer_reason(activated, swap)
                 reason += f"; {role} of layer {index} of the dense block at {head}"
                 self.rows.append(PlanRow(_join(fqn, qualified), "Conv2d", action, reason))
             stages.append(stage)
@@ -312,7 +312,7 @@ class _Analysis:
                 )
                 edit.swaps[name] = swap
                 action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, swap, None if norm is None else module.get_submodule(norm))
+                reason = _layer_reason(activated, swap)
                 if len(chain.convs) > 1:
                     reason += f"; layer {index} of the block at {head}"
                 if chain.residual is not None and index == len(chain.convs) - 1:
@@ -345,36 +345,20 @@ class _Analysis:
         return model
 
 
-def _takes_affine(norm: nn.Module | None) -> bool:
-    """Whether a layer takes ``norm``'s weight and bias: where it has them, unless its weight
-    is all zero (a residual branch zero-initialised to start as the identity, as timm's
-    ResNets do: split tanh cannot, since the threshold acts on the shortcut too, and such
-    a branch would stay silent; the layer then normalises without them)."""
-    return norm is not None and getattr(norm, "affine", False) and bool(norm.weight.detach().any())
-
-
-def _layer_reason(activated: bool, layer: SpectralConv2d, norm: nn.Module | None) -> str:
+def _layer_reason(activated: bool, layer: SpectralConv2d) -> str:
     if not activated:
         return "no BN/ReLU after it: threshold only"
     if not layer.normalize:
         return "split tanh"
-    if layer.affine:
-        return "split tanh, normalised for its BN (with its weight and bias)"
-    if norm is not None and getattr(norm, "affine", False) and not _takes_affine(norm):
-        return "split tanh, normalised for its BN (whose weight is all zero: zero-initialised, not taken)"
-    return "split tanh, normalised for its BN"
+    return "split tanh, normalised for its BN" + (" (with its weight and bias)" if layer.affine else "")
 
 
 def _frozen(bypassed: nn.Module, layers) -> list[nn.Parameter]:
-    """The trainable parameters of a bypassed module that none of ``layers`` took (as a
-    normalised layer takes its BatchNorm's weight and bias): they stop training."""
-    taken = {
-        id(p)
-        for layer in layers
-        if getattr(layer, "affine", False)
-        for p in (layer.norm_weight, layer.norm_bias)
-    }
-    return [p for p in bypassed.parameters() if p.requires_grad and id(p) not in taken]
+    """The trainable parameters of a bypassed module, unless one of ``layers`` reads them
+    (a normalised layer reads its BatchNorm's weight and bias): they stop training."""
+    if any(getattr(layer, "_norm", None) is bypassed for layer in layers):
+        return []
+    return [p for p in bypassed.parameters() if p.requires_grad]
 
 
 def _rewrite(graph: fx.Graph, chains: list[patterns.Chain]) -> None:
@@ -496,8 +480,8 @@ def convert(
     running RMS, as the BN did, so that what it keeps does not depend on the weights' scale
     and ``beta`` is relative to that RMS; False bypasses the BN only. ``affine`` (with
     ``normalize``): the layer also takes the BN's weight and bias, which scale and shift
-    each normalised channel and keep training (unless the weight is all zero: a
-    zero-initialised residual branch). Parameters are shared, not copied; device, dtype,
+    each normalised channel and keep training (unless the weight is all zero when the layer
+    first runs: a zero-initialised residual branch). Parameters are shared, not copied; device, dtype,
     training flag, buffers and the hooks of swapped modules are kept.
     """
     opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine)

@@ -149,7 +149,7 @@ def test_sequential_pattern_becomes_one_block_and_a_compact_pool():
     assert isinstance(model[6], st.CompactMaxPool2d)
     assert isinstance(model[7], st.SpectralConv2d) and model[7].activation is None  # nothing after it
     assert isinstance(model, nn.Sequential) and isinstance(model[1], nn.BatchNorm2d)  # kept, bypassed
-    assert model[0].norm_weight is model[1].weight and model[0].norm_bias is model[1].bias  # shared
+    assert model[0].affine and model[0]._norm is model[1]  # reads the BN's weight and bias
     assert all(p.requires_grad for p in model[1].parameters())  # they train in the spectral layer
     report = saved_bytes(model, torch.randn(2, 3, 16, 16))
     assert "1" not in report.per_module and "2" not in report.per_module  # BN/ReLU no longer run

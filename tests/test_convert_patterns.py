@@ -90,7 +90,7 @@ def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
     unit = model.stage.units[0]
     assert not any(p.requires_grad for p in unit.bn_a.parameters())  # pre-activation: bypassed
     # the bottleneck's own BatchNorm: its weight and bias are the layer's, and train
-    assert unit.squeeze.norm_weight is unit.bn_b.weight and unit.squeeze.norm_bias is unit.bn_b.bias
+    assert unit.squeeze.affine and unit.squeeze._norm is unit.bn_b
     assert unit.bn_b.weight.grad.abs().sum() > 0 and unit.bn_b.bias.grad.abs().sum() > 0
 
 

@@ -222,3 +222,24 @@ def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes
     assert saved_bytes(keeping, x).total > 4 * x.numel() * 4
     for a, b in zip(recomputed, step(keeping), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_recomputed_block_replays_in_the_mode_it_ran():
+    """Switched to eval between forward and backward, a recomputed block with a density
+    budget still replays its training forward (the batch's quantile, not the running one)."""
+    torch.manual_seed(0)
+    options = dict(padding=1, activation="split_tanh", density=0.3)
+    model = st.SpectralSequential(
+        st.SpectralConv2d(16, 16, 3, **options), st.SpectralConv2d(16, 16, 3, **options)
+    )
+    x = torch.randn(8, 16, 1, 1)
+    model(x).sum().backward()  # measures what each layer keeps
+    model.zero_grad()
+    model(x).sum().backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    y = model(x)
+    model.eval()
+    y.sum().backward()
+    for p, g in zip(model.parameters(), reference):
+        torch.testing.assert_close(p.grad, g, atol=0, rtol=0)
