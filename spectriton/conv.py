@@ -56,6 +56,7 @@ class SpectralConv2d(nn.Module):
     _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
     _norm: nn.Module | None = None  # from_conv's BatchNorm, not a child: its model owns it
     _scale_checked = False  # whether _norm's weight is known not to be all zero
+    _recomputed = False  # whether the block this layer starts kept its input in its last forward
 
     def __init__(
         self,
@@ -343,9 +344,18 @@ def run_layers(
     activation: a residual block whose add and activation stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)
-    if _outweighs_input(layers, x, residual):
+    if _in_backward():  # an outer checkpoint replays this block: as its forward decided
+        recompute = layers[0]._recomputed
+    else:
+        recompute = layers[0]._recomputed = _outweighs_input(layers, x, residual)
+    if recompute:
         return _run_recomputed(layers, x, hooks, residual)
     return _run_block(layers, x, hooks, residual)
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass (where checkpoints replay forwards)."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def _run_block(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None):

@@ -243,3 +243,20 @@ def test_a_recomputed_block_replays_in_the_mode_it_ran():
     y.sum().backward()
     for p, g in zip(model.parameters(), reference):
         torch.testing.assert_close(p.grad, g, atol=0, rtol=0)
+
+
+def test_an_outer_checkpoint_replays_a_block_as_its_forward_decided(monkeypatch):
+    """Under the user's own checkpoint, the replay in backward keeps to the forward's
+    choice between spectra and recomputing, though what the layers keep moved since."""
+    from torch.utils.checkpoint import checkpoint
+
+    from spectriton import conv
+
+    torch.manual_seed(0)
+    model = st.SpectralSequential(st.SpectralConv2d(4, 4, 3, padding=1, activation="split_tanh"))
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    model(x)
+    choices = iter([True, False])  # the forward recomputes; asked again, it would not
+    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: next(choices))
+    checkpoint(model, x, use_reentrant=False).sum().backward()
+    assert x.grad is not None
