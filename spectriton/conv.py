@@ -344,10 +344,12 @@ def run_layers(
     activation: a residual block whose add and activation stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)
-    if _in_backward():  # an outer checkpoint replays this block: as its forward decided
-        recompute = layers[0]._recomputed
-    else:
-        recompute = layers[0]._recomputed = _outweighs_input(layers, x, residual)
+    recompute = False  # compiled: the block keeps its spectra
+    if not torch.compiler.is_compiling():
+        if _in_backward():  # an outer checkpoint replays this block: as its forward decided
+            recompute = layers[0]._recomputed
+        else:
+            recompute = layers[0]._recomputed = _outweighs_input(layers, x, residual)
     if recompute:
         return _run_recomputed(layers, x, hooks, residual)
     return _run_block(layers, x, hooks, residual)
@@ -375,7 +377,7 @@ def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: to
     next block then keeps, having no spectrum to rebuild it from). Then keeping those and
     recomputing the block in backward is the smaller exact form (DESIGN.md section 3): maps
     of a pixel or two, whose spectra lie on grids several times the map."""
-    if not (torch.is_grad_enabled() and layers[0].training) or torch.compiler.is_compiling():
+    if not (torch.is_grad_enabled() and layers[0].training):
         return False
     if any(layer.last_density is None for layer in layers):
         return False
