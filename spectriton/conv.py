@@ -55,7 +55,8 @@ class SpectralConv2d(nn.Module):
 
     _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
     _norm: nn.Module | None = None  # from_conv's BatchNorm, not a child: its model owns it
-    _scale_checked = False  # whether _norm's weight is known not to be all zero
+    _scale_checked = False  # whether _zero_scale was read off _norm's weight since the last load
+    _zero_scale = False  # whether _norm's weight was all zero then (left out)
     _recomputed = False  # whether the block this layer starts kept its input in its last forward
 
     def __init__(
@@ -249,7 +250,7 @@ class SpectralConv2d(nn.Module):
         if not self._scale_checked and not torch.compiler.is_compiling():
             self._zero_scale = not bool(weight.detach().any())  # one host read, once
             self._scale_checked = True
-        return None if getattr(self, "_zero_scale", False) else torch.stack([weight, bias])
+        return None if self._zero_scale else torch.stack([weight, bias])
 
     def _layer(self, flows: list[SpectralFlow], **options) -> SpectralFlow:
         """:func:`spectral_layer` with this layer's parameters and settings."""
