@@ -14,6 +14,7 @@ Markdown table (README, Converting a model) and writes it as JSON with ``--json`
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import statistics
@@ -90,12 +91,13 @@ def short_run(model: nn.Module, data: FashionMNIST32, epochs: int = 1, batch: in
     return 100.0 * correct / len(labels)
 
 
-OPTIONS = {
-    "defaults": {},
-    "density=0.1": {"density": 0.1},
-    "beta=1.0": {"beta": 1.0},
-    "affine=False": {"affine": False},
-}
+def options_of(text: str) -> dict:
+    """``convert``'s keyword arguments from ``defaults`` or ``name=value[;name=value]``
+    (``density=0.1``, ``beta=0.3;affine=False``)."""
+    if text == "defaults":
+        return {}
+    pairs = (item.split("=", 1) for item in text.split(";"))
+    return {name: ast.literal_eval(value) for name, value in pairs}
 
 
 def row(
@@ -103,7 +105,7 @@ def row(
 ) -> dict:
     original = build(library, name).train()
     convs = sum(isinstance(m, nn.Conv2d) for m in original.modules())
-    converted = st.convert(copy.deepcopy(original), **OPTIONS[options])
+    converted = st.convert(copy.deepcopy(original), **options_of(options))
     x = torch.randn(8, 3, 32, 32)
     for model in (original, converted):  # one step first: the steady state, not the first call
         nn.functional.cross_entropy(model(x), torch.arange(8) % 10).backward()
@@ -127,7 +129,7 @@ def row(
     if data is not None:
         result["train_images"], result["epochs"] = len(data.train[1]), epochs
         result["accuracy_original"] = short_run(build(library, name), data, epochs)
-        converted = st.convert(build(library, name), **OPTIONS[options])
+        converted = st.convert(build(library, name), **options_of(options))
         result["accuracy_converted"] = short_run(converted, data, epochs)
     return result
 
@@ -165,7 +167,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the from-scratch runs")
     parser.add_argument("--models", help="comma-separated models (default: all of each library's)")
     parser.add_argument(
-        "--options", default="defaults,density=0.1", help="comma-separated: " + ", ".join(OPTIONS)
+        "--options",
+        default="defaults,density=0.1",
+        help="comma-separated: defaults, or convert's keyword arguments as name=value[;name=value]",
     )
     parser.add_argument("--libraries", default="torchvision,timm", help="comma-separated: torchvision, timm")
     parser.add_argument("--no-time", action="store_true", help="leave out the step timings")

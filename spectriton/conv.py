@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from spectriton import _checks, transforms
+from spectriton import _checks, custom_ops, provenance, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape, block_geometry
 from spectriton.recompute import recomputed
@@ -374,10 +374,12 @@ def _run_block(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, resid
 
 def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Whether the block's kept values, at the fractions its layers kept in their last
-    training step, would outweigh its spatial input and shortcut, and its output (which the
-    next block then keeps, having no spectrum to rebuild it from). Then keeping those and
-    recomputing the block in backward is the smaller exact form (DESIGN.md section 3): maps
-    of a pixel or two, whose spectra lie on grids several times the map."""
+    training step, would outweigh what recomputing it in backward keeps instead: its output
+    (which the next block then keeps, having no spectrum to rebuild it from) and a shortcut
+    that is neither its input nor rebuildable. Its input costs the same either way (itself,
+    or the recipe both forms keep: the earlier block's spectrum). Then keeping those and
+    recomputing is the smaller exact form (DESIGN.md section 3): maps of a few pixels, whose
+    spectra lie on grids several times the map."""
     if not (torch.is_grad_enabled() and layers[0].training):
         return False
     if any(layer.last_density is None for layer in layers):
@@ -392,8 +394,8 @@ def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: to
         bins = geom.of_output().bins if strided else geom.bins
         pair = 2 * (2 if layer.value_dtype is not None else real)
         spectral += layer.last_density * x.shape[0] * layer.out_channels * bins * pair
-    dense = (x.numel() + x.shape[0] * layers[-1].out_channels * math.prod(geom.out)) * x.element_size()
-    if residual is not None and residual is not x:
+    dense = x.shape[0] * layers[-1].out_channels * math.prod(geom.out) * x.element_size()
+    if residual is not None and residual is not x and provenance.lookup(residual) is None:
         dense += residual.numel() * residual.element_size()
     return spectral > dense
 
@@ -401,17 +403,27 @@ def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: to
 def _run_recomputed(
     layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None
 ):
-    """:func:`_run_block` keeping ``x`` and ``residual`` only, run again in backward with the
-    moments the forward used (handed to the checkpoint: the running ones move on)."""
+    """:func:`_run_block` keeping its input and shortcut only, each as the recipe it can be
+    rebuilt from where it has one (kept already by the block that made it), run again in
+    backward with the moments the forward used (handed to the checkpoint: the running ones
+    move on)."""
     moments = [layer.running_moments.clone() if layer.normalize else None for layer in layers]
     modes = [layer.training for layer in layers]
-    calls = []
+    same = residual is x
+    kept = [_Kept(x)] + ([_Kept(residual)] if residual is not None and not same else [])
+    forward = [x, residual]  # the forward's own tensors, let go once it ran
 
-    def body(x, residual, *moments):
-        if not calls:  # the forward
-            calls.append(True)
+    def body(*inputs):
+        if forward:
+            x, residual = forward
+            forward.clear()
             return _run_block(layers, x, hooks, residual)
-        for layer, used, training in zip(layers, moments, modes):
+        spatial = []
+        for tensor in kept:
+            spatial.append(tensor.rebuilt(inputs[: len(tensor.parts)]))
+            inputs = inputs[len(tensor.parts) :]
+        x, residual = spatial[0], spatial[1] if len(spatial) > 1 else (spatial[0] if same else None)
+        for layer, used, training in zip(layers, inputs, modes):
             layer._replay = (used, training)
         try:  # no module hooks: the forward ran them
             return _run_block(layers, x, False, residual)
@@ -419,7 +431,28 @@ def _run_recomputed(
             for layer in layers:
                 layer._replay = None
 
-    return recomputed(body, x, residual, *moments)
+    return recomputed(body, *(part for tensor in kept for part in tensor.parts), *moments)
+
+
+class _Kept:
+    """A spatial tensor a recomputed block keeps: itself, or the parts of its recipe
+    (:mod:`spectriton.provenance`), which the block that made it keeps anyway."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.recipe = provenance.lookup(t)
+        self.parts = [t] if self.recipe is None else self.recipe.tensors()
+        self.dtype, self.requires_grad = t.dtype, t.requires_grad
+
+    def rebuilt(self, parts) -> torch.Tensor:
+        """The tensor again from ``parts`` (as the checkpoint hands them back), with its
+        recipe, so that the replayed block keeps what its forward kept."""
+        if self.recipe is None:
+            return parts[0]
+        with torch.no_grad():  # the replay saves what its forward saved, no more
+            y = custom_ops.rebuild_input(list(parts), list(self.recipe.args), self.dtype)
+        y.requires_grad_(self.requires_grad)
+        provenance.record(y, self.recipe.rebind(list(parts)))
+        return y
 
 
 class SpectralDenseBlock(nn.Module):

@@ -529,7 +529,7 @@ def _layer_backward(
         part = weight[:, start : start + channels].to(real)
         start += channels
         kernel = None
-        if needs[2 + index] or wants_affine:
+        if needs[2 + index] or (wants_affine and not needs[0]):  # else the affine reads the taps
             kernel = transforms.kernel_spectrum(part, cfg.grid, shift, adjoint=True)
         grad_source = source.new_empty(0)
         if needs[2 + index]:
@@ -543,15 +543,18 @@ def _layer_backward(
         grad_sources.append(grad_source)
         if needs[0] or wants_affine:
             grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
-            if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
-                inner += torch.einsum("foc,fco->o", kernel, grad_kernel).real
+            taps = None
             if needs[0]:
-                grad_kernels.append(
-                    transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
-                )
+                taps = transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
+                grad_kernels.append(taps)
+            if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
+                if taps is not None:  # = <w, adjoint of that>, per output channel: taps already made
+                    inner += (taps * part).sum((1, 2, 3))
+                else:
+                    inner += torch.einsum("foc,fco->o", kernel, grad_kernel).real
     grad_weight = weight.new_empty(0)
     if needs[0]:
-        grad_weight = torch.cat(grad_kernels, dim=1)
+        grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
         if scale is not None:
             grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
         grad_weight = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.groups, cfg.dilation)

@@ -48,6 +48,13 @@ class Recipe:
         pool = [n for pair in window for n in pair]
         return replace(self, refs=(*self.refs, weakref.ref(index)), args=(*self.args[:-POOL_ARGS], *pool))
 
+    def rebind(self, tensors: list[torch.Tensor]) -> Recipe:
+        """This recipe over ``tensors`` (as :meth:`tensors` gives them): the same parts handed
+        on, as a checkpoint hands on what it kept."""
+        values, mask, offsets, nonfinite, *index = tensors
+        refs = tuple(weakref.ref(t) for t in (values, mask, offsets, *index))
+        return replace(self, refs=refs, nonfinite=nonfinite)
+
     def tensors(self) -> list[torch.Tensor] | None:
         """``[values, mask, offsets, nonfinite(, index)]``, or None if autograd no longer
         keeps one of them."""

@@ -89,27 +89,35 @@ def kernel_spectrum(
     out_channels, channels, kh, kw = weight.shape
     taps = kh * kw
     dft = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
-    # K = sum_t w_t (cos_t + i sin_t): one real GEMM whose output is already interleaved
-    order, rows, cols = (
-        ((2, 3, 0, 1), out_channels, channels) if adjoint else ((2, 3, 1, 0), channels, out_channels)
-    )
-    spread = weight.new_zeros(2, taps, rows * cols, 2)
-    spread[0, ..., 0] = weight.permute(order).reshape(taps, -1)
-    spread[1, ..., 1] = -spread[0, ..., 0] if adjoint else spread[0, ..., 0]
-    pairs = dft @ spread.view(2 * taps, -1)
-    return torch.view_as_complex(pairs.view(-1, rows, cols, 2))
+    # K = sum_t w_t (cos_t + i sin_t): one real GEMM of the [cos | sin] rows by the taps, on
+    # the weight's own (O C, taps) layout for K^H, on whole (C, O) tap blocks for K
+    if adjoint:
+        flat, rows, cols = weight.reshape(-1, taps), out_channels, channels
+    else:
+        flat, rows, cols = weight.transpose(0, 1).reshape(-1, taps), channels, out_channels
+    planes = (dft.view(-1, taps) @ flat.T).view(-1, 2, rows * cols)
+    imag = -planes[:, 1] if adjoint else planes[:, 1]
+    return torch.complex(planes[:, 0], imag).view(-1, rows, cols)
 
 
 def kernel_spectrum_adjoint(
     g: torch.Tensor, grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
-    """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4)."""
+    """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4),
+    contiguous: ``Re(g^T conj(E))``, one complex GEMM on ``g``'s own layout."""
     bins, channels, out_channels = g.shape
-    dft = _dft(grid, kernel, tuple(shift), g.real.dtype, g.device)
-    spread = dft.T @ torch.view_as_real(g.resolve_conj()).reshape(bins, -1)
-    spread = spread.view(2, -1, channels * out_channels, 2)
-    taps = spread[0, ..., 0] + spread[1, ..., 1]
-    return taps.view(*kernel, channels, out_channels).permute(3, 2, 0, 1)
+    phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)
+    taps = (g.resolve_conj().reshape(bins, -1).T @ phases).real
+    return taps.view(channels, out_channels, *kernel).transpose(0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
+    """``cos - i sin`` of :func:`_dft`'s angles, complex ``(bins, kh kw)``."""
+    dft = _dft(grid, kernel, shift, dtype, device)
+    taps = kernel[0] * kernel[1]
+    with torch.inference_mode(False):
+        return torch.complex(dft[:, :taps], -dft[:, taps:])
 
 
 def _crop_slices(geom: BlockGeometry, axis: int) -> list[tuple[slice, slice]]:

@@ -70,6 +70,30 @@ def test_specnet_mode_merges_resnet_basic_blocks_and_saves_memory():
     assert saved_bytes(model, x).total < before
 
 
+def test_a_converted_resnet_recomputes_its_small_blocks_bitwise(monkeypatch):
+    """From its second step a converted ResNet-18 recomputes the blocks on its small maps
+    (their spectra outweigh their outputs), with bitwise the outputs, gradients and running
+    moments of the same model keeping every block's spectra."""
+    from spectriton import conv
+
+    model = st.convert(_torchvision("resnet18")).train()
+    x, target = torch.randn(4, 3, 32, 32), torch.arange(4)
+    nn.functional.cross_entropy(model(x), target).backward()  # measures what each layer keeps
+    model.zero_grad()
+    keeping = copy.deepcopy(model)
+
+    def step(model):
+        y = model(x)
+        nn.functional.cross_entropy(y, target).backward()
+        return [y, *(p.grad for p in model.parameters()), *model.buffers()]
+
+    recomputed = step(model)
+    assert sum(m._recomputed for m in model.modules() if isinstance(m, st.SpectralConv2d)) >= 3
+    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)
+    for a, b in zip(recomputed, step(keeping), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+
+
 def test_specnet_mode_swaps_densenet_avg_pools_and_revert_restores_them():
     model = _torchvision("densenet121")
     st.convert(model)

@@ -224,6 +224,59 @@ def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+class _Stage(nn.Module):
+    """Two one-layer blocks, each max-pooled (a main path and a shortcut), feeding a
+    two-layer block that adds the shortcut (``identity``: its own input) before its last
+    activation."""
+
+    def __init__(self, identity: bool) -> None:
+        super().__init__()
+        options = dict(padding=1, activation="split_tanh")
+        self.identity = identity
+        self.main = nn.Sequential(
+            st.SpectralSequential(st.SpectralConv2d(3, 8, 3, **options)), st.CompactMaxPool2d(2)
+        )
+        self.shortcut = nn.Sequential(
+            st.SpectralSequential(st.SpectralConv2d(3, 8, 3, **options)), st.CompactMaxPool2d(2)
+        )
+        self.block = st.SpectralSequential(
+            st.SpectralConv2d(8, 8, 3, **options), st.SpectralConv2d(8, 8, 3, **options)
+        )
+
+    def forward(self, x):
+        from spectriton.conv import run_layers
+
+        h = self.main(x)
+        return run_layers(list(self.block), h, residual=h if self.identity else self.shortcut(x))
+
+
+@pytest.mark.parametrize("identity", [True, False], ids=["identity", "shortcut"])
+def test_a_recomputed_block_keeps_the_recipes_of_its_input_and_shortcut(monkeypatch, identity):
+    """Recomputed, a block whose input and shortcut are earlier blocks' outputs keeps the
+    spectra those blocks keep anyway, not the maps: it adds to what the model keeps only a
+    byte a sample for each (which samples were not finite), and its replay rebuilds both,
+    bitwise, for the gradients of the block that keeps its spectra."""
+    from spectriton import conv
+
+    torch.manual_seed(0)
+    keeping = _Stage(identity)
+    recomputing = copy.deepcopy(keeping)
+    x = torch.randn(2, 3, 8, 8)
+    monkeypatch.setattr(conv, "_outweighs_input", lambda layers, *_: layers[0] is recomputing.block[0])
+    kept = saved_bytes(keeping, x).per_module
+    assert kept["block.0"] > 0 and kept["block.1"] > 0
+    upstream = sum(v for name, v in kept.items() if not name.startswith("block"))
+    assert saved_bytes(recomputing, x).total == upstream + x.shape[0] * (1 if identity else 2)
+    results = []
+    for model in (keeping, recomputing):
+        y = model(x)
+        y.square().sum().backward()
+        results.append([y, *(p.grad for p in model.parameters())])
+    assert recomputing.block[0]._recomputed and not keeping.block[0]._recomputed
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_a_recomputed_block_replays_in_the_mode_it_ran():
     """Switched to eval between forward and backward, a recomputed block with a density
     budget still replays its training forward (the batch's quantile, not the running one)."""
