@@ -1,38 +1,27 @@
 """Training-step time of converted torchvision ResNet-18 and ResNet-50 against the originals
-(batch 32, 3 x 32 x 32; forward, loss, backward; median of 3 after one warm-up step), one
-line per checkout, to compare checkouts side by side on one machine:
+(batch 32, 3 x 32 x 32; :func:`convert_table.step_time`: forward, loss, backward, median of
+3 after one warm-up step), one line per checkout, to compare checkouts side by side on one
+machine:
 
     PYTHONPATH=<checkout> python bench/convert_step_time.py <label>
 """
 
-import statistics
 import sys
-import time
 import warnings
 
 import torch
-import torchvision
-from torch import nn
+from convert_table import build, step_time
 
 import spectriton as st
 
 warnings.simplefilter("ignore")
-torch.manual_seed(0)
-out = []
+line = []
 for name in ["resnet18", "resnet50"]:
-    o = getattr(torchvision.models, name)(num_classes=10).train()
-    m = st.convert(getattr(torchvision.models, name)(num_classes=10)).train()
-    x = torch.randn(32, 3, 32, 32)
-    y = torch.randint(0, 10, (32,))
-
-    def t(model, x=x, y=y):
-        ts = []
-        for _ in range(4):
-            s = time.perf_counter()
-            nn.functional.cross_entropy(model(x), y).backward()
-            ts.append(time.perf_counter() - s)
-        return statistics.median(ts[1:])
-
-    to, tc = t(o), t(m)
-    out.append(f"{name}: original {to * 1e3:.0f} ms, converted {tc * 1e3:.0f} ms ({tc / to:.1f}x)")
-print(sys.argv[1], "|", "; ".join(out), flush=True)
+    original, converted = build("torchvision", name).train(), st.convert(build("torchvision", name)).train()
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    t_original, t_converted = step_time(original, x, y), step_time(converted, x, y)
+    line.append(
+        f"{name}: original {t_original * 1e3:.0f} ms, converted {t_converted * 1e3:.0f} ms "
+        f"({t_converted / t_original:.1f}x)"
+    )
+print(sys.argv[1], "|", "; ".join(line), flush=True)

@@ -422,7 +422,8 @@ def _run_recomputed(
         for tensor in kept:
             spatial.append(tensor.rebuilt(inputs[: len(tensor.parts)]))
             inputs = inputs[len(tensor.parts) :]
-        x, residual = spatial[0], spatial[1] if len(spatial) > 1 else (spatial[0] if same else None)
+        x = spatial[0]
+        residual = x if same else (spatial[1] if len(spatial) > 1 else None)
         for layer, used, training in zip(layers, inputs, modes):
             layer._replay = (used, training)
         try:  # no module hooks: the forward ran them
