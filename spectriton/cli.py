@@ -120,7 +120,11 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     _value_dtype_argument(parser)
     parser.add_argument(
-        "--memory-budget", type=_positive_float, default=8.0, help="GiB, for the largest batch (CUDA)"
+        "--memory-budget",
+        type=_positive_float,
+        default=8.0,
+        help="GiB of activation memory, for the largest batch (CUDA: by search; CPU: from the step's "
+        "peak at two batches)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
@@ -295,13 +299,16 @@ def _value_dtype_argument(parser) -> None:
 
 
 def _memory_reports(name: str, args) -> dict:
-    """Saved bytes of both forms of one zoo model on a seeded random batch."""
+    """Saved bytes and the training step's peak of one zoo model on a seeded random batch:
+    spatial, spatial with each block checkpointed, and Spec."""
     from spectriton._checks import DEFAULT_BETA
-    from spectriton.memory import saved_bytes
+    from spectriton.checkpointing import checkpoint_blocks
+    from spectriton.memory import peak_step_bytes, saved_bytes
 
     size = models.input_size(name)
     torch.manual_seed(args.seed)
     x = torch.randn(args.batch, args.in_channels, size, size)
+    target = torch.zeros(args.batch, dtype=torch.long)
     beta = DEFAULT_BETA if args.density is not None else args.beta
     try:
         spec = models.build(
@@ -311,21 +318,29 @@ def _memory_reports(name: str, args) -> dict:
     except ValueError as error:
         raise UsageError(str(error)) from None
     spatial = models.build(name, in_channels=args.in_channels)
-    return {"spatial": (spatial, saved_bytes(spatial, x)), "spec": (spec, saved_bytes(spec, x))}
+    forms = {"spatial": spatial, "checkpoint": checkpoint_blocks(spatial), "spec": spec}
+    reports = {}
+    for form, model in forms.items():
+        report = saved_bytes(model, x)
+        report.peak = peak_step_bytes(model, x, target)
+        reports[form] = (model, report)
+    return reports
 
 
 def _memory_summary(args) -> str:
-    """One row per zoo model: parameters and saved bytes per sample of both forms."""
+    """One row per zoo model: parameters, saved bytes per sample and step peaks of its
+    forms; the last column is Spec's saved bytes relative to the spatial form's."""
     header = (
-        f"{'model':<9}  {'params spatial':>14}  {'params spec':>11}  "
-        f"{'spatial B/sample':>16}  {'spec B/sample':>13}  {'relative':>8}"
+        f"{'model':<9}  {'params spatial':>14}  {'params spec':>11}  {'spatial B/sample':>16}  "
+        f"{'spec B/sample':>13}  {'peak MiB spatial':>16}  {'checkpoint':>10}  {'spec':>7}  {'relative':>8}"
     )
     lines = [header, "-" * len(header)]
     for name in models.MODELS:
-        (spatial, a), (spec, b) = _memory_reports(name, args).values()
+        (spatial, a), (_, c), (spec, b) = _memory_reports(name, args).values()
         lines.append(
-            f"{name:<9}  {_count(spatial):>14,}  {_count(spec):>11,}  "
-            f"{a.per_sample:>16,.0f}  {b.per_sample:>13,.0f}  {b.total / a.total:>8.3f}"
+            f"{name:<9}  {_count(spatial):>14,}  {_count(spec):>11,}  {a.per_sample:>16,.0f}  "
+            f"{b.per_sample:>13,.0f}  {a.peak / 2**20:>16.2f}  {c.peak / 2**20:>10.2f}  "
+            f"{b.peak / 2**20:>7.2f}  {b.total / a.total:>8.3f}"
         )
     return "\n".join(lines)
 

@@ -156,11 +156,11 @@ def _layer_densities(model: nn.Module) -> dict[str, float]:
     }
 
 
-def _cuda_memory(model: nn.Module, data: Data, settings: Settings) -> tuple[int | None, int | None]:
-    """Peak bytes of a training step at the run's batch size, and the largest batch that
-    fits ``memory_budget_gib`` (CUDA only)."""
-    if not settings.device.startswith("cuda"):
-        return None, None
+def _step_memory(model: nn.Module, data: Data, settings: Settings) -> tuple[int, int | None]:
+    """Peak bytes of a training step at the run's batch size (:func:`peak_step_bytes`), and
+    the largest batch whose step fits ``memory_budget_gib``: on CUDA by search (doubling,
+    then bisection), on CPU from the peaks at the run's batch and at twice it (a step's peak
+    grows linearly with the batch: activations, gradients and transients all scale with it)."""
     x = data.memory_batch[:1].to(settings.device)
 
     def step_bytes(batch: int) -> int:
@@ -168,8 +168,12 @@ def _cuda_memory(model: nn.Module, data: Data, settings: Settings) -> tuple[int 
         target = torch.zeros(batch, dtype=torch.long, device=settings.device)
         return peak_step_bytes(model, xs, target)
 
-    budget = settings.memory_budget_gib * 2**30
-    return step_bytes(settings.batch_size), largest_batch(lambda b: step_bytes(b) <= budget, start=16)
+    batch, budget = settings.batch_size, settings.memory_budget_gib * 2**30
+    peak = step_bytes(batch)
+    if settings.device.startswith("cuda"):
+        return peak, largest_batch(lambda b: step_bytes(b) <= budget, start=16)
+    per_sample = (step_bytes(2 * batch) - peak) / batch
+    return peak, int(batch + (budget - peak) // per_sample) if per_sample > 0 else None
 
 
 def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | None = None) -> dict:
@@ -223,7 +227,7 @@ def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | Non
             state.update(scheduler=scheduler.state_dict(), settings=asdict(settings))
             torch.save(state, checkpoint)
     last = history[-1]
-    peak, biggest = _cuda_memory(model, data, settings)
+    peak, biggest = _step_memory(model, data, settings)
     densities = last["layer_density"].values()
     return {
         "model": settings.model,
@@ -350,16 +354,16 @@ def _write(out: Path, settings: Settings, rows: list[dict]) -> None:
 def results_table(rows: list[dict]) -> str:
     """The comparison as a plain-text table."""
     header = (
-        f"{'form':<28} {'accuracy %':>10} {'saved B/sample':>15} {'relative':>8} "
-        f"{'min layer kept':>14} {'s/epoch':>8} {'time x':>6}"
+        f"{'form':<28} {'accuracy %':>10} {'saved B/sample':>15} {'relative':>8} {'peak MiB':>9} "
+        f"{'largest batch':>13} {'min layer kept':>14} {'s/epoch':>8} {'time x':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         kept = "" if r["min_layer_density"] is None else f"{r['min_layer_density']:.3f}"
+        peak = "" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        largest = "" if r.get("largest_batch") is None else f"{r['largest_batch']:,}"
         lines.append(
             f"{r['form']:<28} {r['accuracy']:>10.2f} {r['saved_bytes']:>15,.0f} {r['relative_memory']:>8.3f} "
-            f"{kept:>14} {r['epoch_time']:>8.1f} {r['relative_time']:>6.2f}"
+            f"{peak:>9} {largest:>13} {kept:>14} {r['epoch_time']:>8.1f} {r['relative_time']:>6.2f}"
         )
-        if r.get("peak_bytes") is not None:
-            lines[-1] += f"  peak {r['peak_bytes'] / 2**20:.1f} MiB, largest batch {r['largest_batch']}"
     return "\n".join(lines)

@@ -3,15 +3,21 @@
 :func:`saved_bytes` runs a training forward pass under
 ``torch.autograd.graph.saved_tensors_hooks`` and counts each distinct storage once,
 attributed to the innermost module running when it was first saved. Parameters and buffers
-are left out: they do not grow with the batch. On CUDA, :func:`peak_step_bytes` gives the
-peak of a whole training step above what the model and optimizer hold anyway, and
-:func:`largest_batch` searches for the biggest batch that fits a budget.
+are left out: they do not grow with the batch. :func:`peak_step_bytes` gives the peak of a
+whole training step above what the model and optimizer hold anyway, on CUDA from the caching
+allocator's statistics and on CPU from the profiler's record of every allocation and free;
+:func:`resident_step_bytes` measures the CPU figure independently, from the process's
+resident memory. :func:`largest_batch` searches for the biggest batch that fits a budget.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,11 +29,13 @@ ROOT = "(root)"
 
 @dataclass
 class MemoryReport:
-    """Bytes saved for backward by one forward pass, per module (qualified name) and in all."""
+    """Bytes saved for backward by one forward pass, per module (qualified name) and in all;
+    ``peak``, when measured (:func:`peak_step_bytes`), the peak of a whole training step."""
 
     batch: int
     per_module: dict[str, int] = field(default_factory=dict)
     tensors: dict[str, int] = field(default_factory=dict)
+    peak: int | None = None
 
     @property
     def total(self) -> int:
@@ -48,6 +56,8 @@ class MemoryReport:
         lines.append("-" * len(lines[0]))
         lines.append(f"{'total':<{name_width}}  {sum(self.tensors.values()):>7}  {self.total:>12,}  {'':>6}")
         lines.append(f"{'per sample':<{name_width}}  {'':>7}  {self.per_sample:>12,.0f}")
+        if self.peak is not None:
+            lines.append(f"{'step peak':<{name_width}}  {'':>7}  {self.peak:>12,}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -127,18 +137,28 @@ def saved_bytes(model: nn.Module, *inputs: torch.Tensor, loss_fn: Callable | Non
 
 
 def compare_table(reports: dict[str, MemoryReport], baseline: str) -> str:
-    """Totals of several reports side by side, relative to ``reports[baseline]``."""
+    """Totals of several reports side by side, relative to ``reports[baseline]``: saved bytes,
+    and the step's peak where the reports have it (each ratio says which it is of)."""
     if not isinstance(reports, dict) or not all(isinstance(r, MemoryReport) for r in reports.values()):
         raise TypeError("reports must be a dict of name -> MemoryReport")
     if baseline not in reports:
         raise ValueError(f"baseline must be one of the reports' names {list(reports)}, got {baseline!r}")
-    base = reports[baseline].total
+    base = reports[baseline]
+    peaks = all(r.peak is not None for r in reports.values())
     width = max(len(name) for name in reports)
-    lines = [f"{'model':<{width}}  {'saved bytes':>12}  {'per sample':>12}  {'relative':>8}"]
+    header = f"{'model':<{width}}  {'saved bytes':>12}  {'per sample':>12}"
+    header += f"  {'step peak':>12}  {'peak x':>6}" if peaks else ""
+    lines = [header + f"  {'relative':>8}"]
     for name, report in reports.items():
-        relative = report.total / base if base else float("nan")
-        lines.append(f"{name:<{width}}  {report.total:>12,}  {report.per_sample:>12,.0f}  {relative:>8.3f}")
+        line = f"{name:<{width}}  {report.total:>12,}  {report.per_sample:>12,.0f}"
+        if peaks:
+            line += f"  {report.peak:>12,}  {_ratio(report.peak, base.peak):>6.3f}"
+        lines.append(line + f"  {_ratio(report.total, base.total):>8.3f}")
     return "\n".join(lines)
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else float("nan")
 
 
 def _training_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer) -> None:
@@ -148,24 +168,90 @@ def _training_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, opti
     optimizer.step()
 
 
-def peak_step_bytes(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer=None) -> int:
-    """Peak CUDA memory of one training step (cross-entropy, SGD by default) above the
-    parameters, gradients and optimizer state, which a first step allocates."""
+def _warmed_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer) -> Callable[[], None]:
+    """Check the arguments, run two warm-up steps (the first allocates gradients and the
+    optimizer's state, which then stay) and return the step to measure."""
     model = _check_model(model)
     for name, t in (("x", x), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not x.is_cuda:
-        raise ValueError("peak_step_bytes measures CUDA memory; x must be a CUDA tensor")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"a training step's memory is measured on CPU or CUDA, got x on {x.device}")
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     model.train()
-    _training_step(model, x, target, optimizer)
-    torch.cuda.synchronize(x.device)
-    base = torch.cuda.memory_allocated(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    _training_step(model, x, target, optimizer)
-    torch.cuda.synchronize(x.device)
-    return torch.cuda.max_memory_allocated(x.device) - base
+
+    def step() -> None:
+        _training_step(model, x, target, optimizer)
+
+    for _ in range(2):
+        step()
+    return step
+
+
+def peak_step_bytes(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer=None) -> int:
+    """Peak memory of one training step (cross-entropy, SGD with momentum and learning rate 0
+    by default, so the model does not change) above the parameters, gradients and optimizer
+    state, measured after two warm-up steps, on ``x``'s device.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` over the step. CPU: the running total of the
+    profiler's allocation events (``profile_memory=True``: every allocation and free of
+    torch's CPU allocator, in order, temporaries inside ops included), whose maximum is the
+    step's peak of live tensor memory; :func:`resident_step_bytes` checks it independently.
+    """
+    step = _warmed_step(model, x, target, optimizer)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        step()
+        torch.cuda.synchronize(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    return _allocation_peak(step)
+
+
+def _allocation_peak(fn: Callable[[], None]) -> int:
+    """The largest net number of bytes torch's CPU allocator had handed out at any moment
+    while ``fn`` ran, counted from its start (the profiler's memory events, read from its
+    exported trace)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    changes = [
+        (e["ts"], e["args"]["Bytes"])
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0
+    ]
+    live = peak = 0
+    for _, nbytes in sorted(changes, key=lambda change: change[0]):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def resident_step_bytes(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer=None) -> int:
+    """Growth of the process's peak resident memory over one CPU training step (Linux):
+    an independent check of :func:`peak_step_bytes` on CPU.
+
+    Meaningful only when large allocations go through ``mmap`` and go back to the system when
+    freed (run the process with ``MALLOC_MMAP_THRESHOLD_=65536``); the peak is reset through
+    ``/proc/self/clear_refs`` just before the step.
+    """
+    step = _warmed_step(model, x, target, optimizer)
+    before = _status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark back to the current RSS
+    step()
+    return _status_bytes("VmHWM") - before
+
+
+def _status_bytes(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
 
 
 def largest_batch(fits: Callable[[int], bool], start: int = 1, limit: int = 1 << 20) -> int:

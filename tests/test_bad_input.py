@@ -444,10 +444,10 @@ MEMORY = [
         ["x", "Tensor"],
     ),
     (
-        "peak_step_bytes on CPU",
-        lambda: memory.peak_step_bytes(conv(3, 4, 3), x, torch.zeros(2)),
+        "peak_step_bytes on the meta device",
+        lambda: memory.peak_step_bytes(conv(3, 4, 3), x.to("meta"), torch.zeros(2)),
         ValueError,
-        ["x", "CUDA"],
+        ["x", "CPU or CUDA"],
     ),
     ("largest_batch fits not callable", lambda: memory.largest_batch(3), TypeError, ["fits", "callable"]),
     (

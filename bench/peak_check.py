@@ -1,0 +1,39 @@
+"""The CPU step peak two ways, for a torchvision ResNet-18 and its conversion.
+
+    MALLOC_MMAP_THRESHOLD_=65536 python bench/peak_check.py [--size 128] [--batch 8]
+
+Prints, per form, ``peak_step_bytes`` (the profiler's allocation record) beside
+``resident_step_bytes`` (growth of peak resident memory, large allocations through mmap).
+"""
+
+import argparse
+
+import torch
+import torchvision
+
+import spectriton
+from spectriton.memory import peak_step_bytes, resident_step_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    target = torch.zeros(args.batch, dtype=torch.long)
+    original = torchvision.models.resnet18(num_classes=10)
+    forms = {
+        "original": original,
+        "converted": spectriton.convert(torchvision.models.resnet18(num_classes=10)),
+    }
+    for name, model in forms.items():
+        peak, resident = peak_step_bytes(model, x, target), resident_step_bytes(model, x, target)
+        mib = f"peak_step_bytes {peak / 2**20:8.2f} MiB  resident_step_bytes {resident / 2**20:8.2f} MiB"
+        print(f"{name:<10} {mib}")
+
+
+if __name__ == "__main__":
+    main()
