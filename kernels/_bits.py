@@ -1,4 +1,5 @@
-"""Jit helpers shared by the kernels: bit counting and reading frequency-major spectra.
+"""Jit helpers shared by the kernels: keep bits, bit counting and reading frequency-major
+spectra.
 
 A compressed spectrum is one stream of entries, frequency-major: entry ``(n, c)`` of
 frequency ``f`` is stream element ``p = (f * N + n) * C + c``. Its keep bit is bit ``p % 32``
@@ -19,6 +20,22 @@ def popcount32(x):
     x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
     x = (x + (x >> 4)) & 0x0F0F0F0F
     return (x * 0x01010101) >> 24
+
+
+@triton.jit
+def keep_bits(re, im, scale, beta2, p, inside):
+    """The threshold of :mod:`spectriton.numerics` on entries ``(re, im)`` at stream positions
+    ``p`` (int64): (kept?, each entry's keep bit in place in its mask word, as uint32).
+
+    ``(scale, beta2)`` come from :func:`spectriton.numerics.scaled_threshold`; kept iff
+    ``(scale re)^2 + (scale im)^2 > beta2``, or when ``beta2`` is 0 iff not zero (no square
+    to underflow); NaN is kept. ``inside`` masks positions out of range (not kept).
+    """
+    re_s = re * scale
+    im_s = im * scale
+    above = ((re_s * re_s + im_s * im_s) <= beta2) == 0
+    keep = tl.where(beta2 == 0, (re != 0) | (im != 0), above) & inside
+    return keep, keep.to(tl.uint32) << (p & 31).to(tl.uint32)
 
 
 @triton.jit

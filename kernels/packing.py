@@ -12,6 +12,7 @@ import triton.language as tl
 from spectriton.kernels._bits import stream_lookup
 
 from spectriton.compressed import CompressedSpectrum, frequency_offsets, word_prefix
+from spectriton.numerics import spectrum_bins
 from spectriton.nvtx import ranged
 
 BLOCK = 512
@@ -75,8 +76,7 @@ def compress_staged(
     holds (at least) the kept entries. One host synchronisation: the count of kept entries,
     which sizes the values buffer."""
     prefix = word_prefix(mask)
-    bins = grid[0] * (grid[1] // 2 + 1)
-    offsets = frequency_offsets(mask, prefix, bins, batch * channels)
+    offsets = frequency_offsets(mask, prefix, spectrum_bins(grid), batch * channels)
     nnz = int(offsets[-1])
     values = torch.empty(nnz, 2, dtype=value_dtype or staged.dtype, device=staged.device)
     if nnz:

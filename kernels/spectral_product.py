@@ -30,13 +30,13 @@ import os
 import torch
 import triton
 import triton.language as tl
-from spectriton.kernels._bits import accumulator, dot, load_tile, real_form, stream_lookup
+from spectriton.kernels._bits import accumulator, dot, keep_bits, load_tile, real_form, stream_lookup
 from spectriton.kernels.packing import compress_staged
 from spectriton.kernels.threshold import tanh
 
 from spectriton.compressed import CompressedSpectrum, mask_words, word_prefix
+from spectriton.numerics import scaled_threshold
 from spectriton.nvtx import ranged
-from spectriton.reference import scaled_threshold
 
 PLAIN, PACKED_AT_MASK, THRESHOLD = 0, 1, 2  # epilogues of the product kernel
 
@@ -127,13 +127,11 @@ def spectral_product_kernel(
             tl.store(out_ptr + 2 * index[:, :, None] + pair[None, None, :], pairs, mask=kept[:, :, None])
         else:  # THRESHOLD: keep bits + activated kept entries, staged at their dense place
             re, im = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_Q, 2)))
-            re_s = re * scale
-            im_s = im * scale
-            keep = (((re_s * re_s + im_s * im_s) <= beta2) == 0) & inside
+            keep, bits = keep_bits(re, im, scale, beta2, p, inside)
             if ACTIVATION:
                 re = tanh(re)
                 im = tanh(im)
-            bits = keep.to(tl.uint32) << (p & 31).to(tl.uint32)
+            # a mask word spans tiles: each entry ors its own bit in
             tl.atomic_or(out_mask_ptr + (p >> 5), bits.to(tl.int32, bitcast=True), mask=keep)
             z = tl.join(re, im).to(out_ptr.dtype.element_ty)
             tl.store(out_ptr + 2 * p[:, :, None] + pair[None, None, :], z, mask=keep[:, :, None])

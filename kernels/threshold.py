@@ -13,11 +13,12 @@ Bytes moved for ``E`` entries, ``nnz`` kept, ``v`` bytes per stored value: ``8E`
 import torch
 import triton
 import triton.language as tl
+from spectriton.kernels._bits import keep_bits
 from spectriton.kernels.packing import compress_staged
 
 from spectriton.compressed import CompressedSpectrum, mask_words
+from spectriton.numerics import scaled_threshold
 from spectriton.nvtx import ranged
-from spectriton.reference import scaled_threshold
 
 
 @triton.jit
@@ -53,11 +54,8 @@ def spectral_threshold_kernel(
     pair = tl.arange(0, 2)
     y = tl.load(y_ptr + 2 * p[:, None] + pair[None, :], mask=inside[:, None], other=0.0)
     re, im = tl.split(y)
-    re_s = re * scale
-    im_s = im * scale
-    keep = (((re_s * re_s + im_s * im_s) <= beta2) == 0) & inside
-    bits = keep.to(tl.uint32) << (p & 31).to(tl.uint32)
-    word = tl.sum(tl.reshape(bits, [BLOCK // 32, 32]), axis=1)
+    keep, bits = keep_bits(re, im, scale, beta2, p, inside)
+    word = tl.sum(tl.reshape(bits, [BLOCK // 32, 32]), axis=1)  # the program's whole words
     w = tl.program_id(0).to(tl.int64) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(mask_ptr + w, word.to(tl.int32, bitcast=True), mask=w * 32 < numel)
     if ACTIVATION:

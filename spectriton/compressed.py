@@ -25,6 +25,7 @@ import functools
 import torch
 
 from spectriton import _checks
+from spectriton.numerics import half_spectrum, spectrum_bins
 
 WORD_BITS = 32
 VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -141,7 +142,7 @@ class CompressedSpectrum:
         for name, count in (("batch", batch), ("channels", channels)):
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise TypeError(f"{name} must be an int >= 0, got {count!r}")
-        bins = grid[0] * (grid[1] // 2 + 1)
+        bins = spectrum_bins(grid)
         numel = batch * channels * bins
         for name, t, dtype, shape in (
             ("mask", mask, torch.int32, (mask_words(numel),)),
@@ -203,7 +204,7 @@ class CompressedSpectrum:
         ``value_dtype``: None keeps the spectrum's precision, or bfloat16 / float16 pairs.
         """
         grid = _checks.pair(grid, "grid", minimum=1)
-        half = (grid[0], grid[1] // 2 + 1)
+        half = half_spectrum(grid)
         if not isinstance(spectrum, torch.Tensor) or not spectrum.is_complex() or spectrum.dim() != 4:
             raise TypeError(
                 f"spectrum must be a complex 4-D tensor (batch, channels, P0, P1 // 2 + 1), "
@@ -227,7 +228,7 @@ class CompressedSpectrum:
 
     @property
     def half(self) -> tuple[int, int]:
-        return self.grid[0], self.grid[1] // 2 + 1
+        return half_spectrum(self.grid)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

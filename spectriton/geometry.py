@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from spectriton.numerics import half_spectrum, spectrum_bins
+
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -42,12 +44,12 @@ class BlockGeometry:
     @property
     def half(self) -> tuple[int, int]:
         """Shape of a half spectrum on the grid (what ``rfft2`` returns)."""
-        return self.grid[0], self.grid[1] // 2 + 1
+        return half_spectrum(self.grid)
 
     @property
     def bins(self) -> int:
         """Number of complex entries in one half-spectrum map."""
-        return self.half[0] * self.half[1]
+        return spectrum_bins(self.grid)
 
     @property
     def strided(self) -> bool:

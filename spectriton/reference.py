@@ -12,42 +12,28 @@ as it reads (no copies).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from spectriton.compressed import CompressedSpectrum, as_pairs, compact, kept_positions
-
-
-def scaled_threshold(beta: float | torch.Tensor):
-    """``(scale, beta2)``: an entry is kept iff ``(scale re)^2 + (scale im)^2 > beta2``.
-
-    ``scale`` is the power of two that brings ``beta`` into [0.5, 1), so a square overflows
-    (or underflows) only where the entry is far above (or below) the threshold. Elsewhere
-    the decision is exactly that of ``re^2 + im^2 > beta^2``: scaling by a power of two does
-    not change rounding. A ``beta`` tensor (a threshold computed on the device) gives
-    float64 tensors, with no host synchronisation.
-    """
-    if isinstance(beta, torch.Tensor):
-        beta = beta.double()
-        scale = torch.pow(2.0, (-torch.frexp(beta).exponent).clamp(-126, 126).double())
-        return scale, (beta * scale).square()
-    if beta == 0:
-        return 1.0, 0.0
-    scale = 2.0 ** min(max(-math.frexp(beta)[1], -126), 126)
-    scaled = beta * scale
-    return scale, scaled * scaled
+from spectriton.numerics import scaled_threshold
 
 
 def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
-    """Entries whose magnitude is above ``beta`` (strict); NaN and Inf are always kept."""
+    """Entries whose magnitude is above ``beta`` (strict), by the rule of
+    :mod:`spectriton.numerics`: at ``beta`` 0 every non-zero entry, however tiny; NaN and
+    Inf are always kept."""
     scale, beta2 = scaled_threshold(beta)
+    if not isinstance(beta2, torch.Tensor) and beta2 == 0:
+        return spectrum != 0
     re, im = spectrum.real, spectrum.imag
     if isinstance(scale, torch.Tensor):  # rounded as a Python float would be: to the entries' dtype
         scale, beta2 = scale.to(re.dtype), beta2.to(re.dtype)
     if isinstance(scale, torch.Tensor) or scale != 1:
         re, im = re * scale, im * scale
-    return ~(re.square() + im.square() <= beta2)
+    keep = ~(re.square() + im.square() <= beta2)
+    if isinstance(beta2, torch.Tensor):  # a threshold computed on the device may be 0 too
+        keep |= (beta2 == 0) & (spectrum != 0)
+    return keep
 
 
 def split_tanh(spectrum: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from spectriton.geometry import BlockGeometry
-
-
-def half(grid: tuple[int, int]) -> tuple[int, int]:
-    """Shape of a half spectrum on ``grid`` (what ``rfft2`` returns)."""
-    return grid[0], grid[1] // 2 + 1
+from spectriton.numerics import half_spectrum as half
 
 
 def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

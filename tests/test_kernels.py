@@ -4,6 +4,9 @@ Outputs are allocated NaN-filled (see ``poisoned_empty``) so a missed store show
 compressed format is deterministic in stream order, so masks and offsets must be equal.
 """
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import DEVICE, poisoned_empty, safe_beta
@@ -99,6 +102,67 @@ def test_threshold_keeps_nan_and_inf():
     got = kernels.threshold_compact(spectrum.clone(), 0.5, True, None, grid)
     assert got.nnz == 2
     assert torch.isnan(got.values[0]).any() and got.values[1, 0] == 1.0
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, and every ``module.name`` it imports from one."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_kernels_import_nothing_from_their_twin():
+    """The twin is independent: a bug in the reference cannot pass the equality tests by
+    being shared. Numerics both need live in :mod:`spectriton.numerics`."""
+    files = sorted(Path(kernels.__file__).parent.glob("*.py"))
+    imports = {path.name: _imported_modules(path) for path in files}
+    assert "spectriton.numerics.scaled_threshold" in imports["threshold.py"]  # the parse sees imports
+    for name, modules in imports.items():
+        leaked = {m for m in modules if m == "spectriton.reference" or m.startswith("spectriton.reference.")}
+        assert not leaked, f"kernels/{name} imports {leaked}"
+
+
+TINY = [(torch.float32, 1e-24), (torch.float64, 1e-170)]
+TINY_IDS = ["float32-1e-24", "float64-1e-170"]
+
+
+@pytest.mark.parametrize("dtype,scale", TINY, ids=TINY_IDS)
+@pytest.mark.parametrize("on_device", [False, True], ids=["beta_on_host", "beta_on_device"])
+def test_beta0_keeps_every_nonzero_entry_however_tiny(dtype, scale, on_device):
+    """At beta 0 an entry is kept iff it is not zero, also where its square underflows to 0
+    (these entries' squares do, in their dtype)."""
+    grid = (7, 7)
+    spectrum = _spectrum(2, 3, grid, scale=scale, dtype=dtype)
+    spectrum[1] = 0
+    assert (spectrum.abs().square() == 0).all()
+    beta = torch.zeros((), dtype=torch.float64, device=DEVICE) if on_device else 0.0
+    expected = ref.threshold_compact(spectrum.clone(), beta, False, None, grid)
+    with poisoned_empty():
+        got = kernels.threshold_compact(spectrum.clone(), beta, False, None, grid)
+    _assert_same_compressed(expected, got)
+    assert got.nnz == got.numel - 2 * 3
+    assert torch.equal(got.to_frequency_major(), spectrum)
+
+
+@pytest.mark.parametrize("dtype,scale", TINY, ids=TINY_IDS)
+def test_product_threshold_at_beta0_keeps_tiny_products(dtype, scale):
+    batch, channels, grid = 2, 3, (5, 9)
+    x = ref.threshold_compact(
+        _spectrum(batch, channels, grid, scale=scale, dtype=dtype), 0.0, False, None, grid
+    )
+    kernel = _spectrum(channels, 4, grid, dtype=dtype)
+    assert (ref.product(x, kernel, None).abs().square() == 0).all()  # every square underflows
+    expected = ref.product_threshold(x, kernel, None, 0.0, False, None, grid)
+    with poisoned_empty():
+        got = kernels.product_threshold(x, kernel, None, 0.0, False, None, grid)
+    assert got.nnz == got.numel  # and no product entry is zero
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # as test_product, relative to the entries' scale
+    _assert_same_compressed(expected, got, atol=tol * scale)
 
 
 @pytest.mark.parametrize("batch,channels,grid", GEMM_GRIDS, ids=GEMM_IDS)

@@ -139,6 +139,26 @@ def test_threshold_decision_is_exact_far_from_float32_range(beta, backend):
     assert reference.keep_mask(spectrum, beta).view(-1).tolist() == [False, False, True, True]
 
 
+@pytest.mark.parametrize(
+    "dtype,scale",
+    [(torch.float32, 1e-21), (torch.float32, 1e-24), (torch.float64, 1e-170)],
+    ids=["float32-1e-21", "float32-1e-24", "float64-1e-170"],
+)
+def test_tiny_inputs_are_scaled_not_dropped_by_the_exact_drop_in(dtype, scale, backend):
+    """At beta 0 with no activation the layer is ``F.conv2d`` for inputs of any scale: a
+    spectral entry whose square underflows is still kept."""
+    layer = st.SpectralConv2d(3, 4, 3, padding=1, bias=False, dtype=dtype)
+    x = (scale * torch.randn(2, 3, 8, 8, dtype=dtype)).requires_grad_()
+    y, expected = layer(x), nn.functional.conv2d(x, layer.weight, padding=1)
+    grad = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, [x, layer.weight], grad))
+    want = (expected, *torch.autograd.grad(expected, [x, layer.weight], grad))
+    # FFT round-off: a few eps of the largest entry (measured at most 3 eps at scale 1)
+    tol = 16 * torch.finfo(dtype).eps
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
+        assert (a - b).abs().max() <= tol * b.abs().max(), name
+
+
 def _train_step(seed):
     torch.manual_seed(seed)
     block = st.SpectralSequential(_layer(), st.SpectralConv2d(3, 4, 3, padding=1, stride=2, beta=0.5))

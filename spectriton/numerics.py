@@ -1,0 +1,49 @@
+"""Numerics that the torch twin and the Triton launchers share, so that neither imports
+the other: the half-spectrum size and the threshold's scaling.
+
+An entry ``Y`` is kept iff ``|Y| > beta`` (DESIGN.md section 2), decided on squares without
+a square root: with ``(scale, beta2) = scaled_threshold(beta)``, it is kept iff
+``(scale re)^2 + (scale im)^2 > beta2``, or, when ``beta2`` is 0 (``beta == 0``, the exact
+drop-in), iff it is not zero, so that an entry whose square underflows still counts.
+NaN entries are always kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+EXPONENT_LIMIT = 126  # the scale stays a normal float32 (kernels take it as a float32 scalar)
+
+
+def half_spectrum(grid: tuple[int, int]) -> tuple[int, int]:
+    """Shape of a half spectrum on ``grid`` (what ``rfft2`` returns): ``(P0, P1 // 2 + 1)``."""
+    return grid[0], grid[1] // 2 + 1
+
+
+def spectrum_bins(grid: tuple[int, int]) -> int:
+    """Number of complex entries in one half-spectrum map on ``grid``."""
+    rows, cols = half_spectrum(grid)
+    return rows * cols
+
+
+def scaled_threshold(beta: float | torch.Tensor):
+    """``(scale, beta2)`` of the keep rule in this module's docstring.
+
+    ``scale`` is the power of two that brings ``beta`` into [0.5, 1), so a square overflows
+    (or underflows) only where the entry is far above (or below) the threshold. Elsewhere
+    the decision is exactly that of ``re^2 + im^2 > beta^2``: scaling by a power of two does
+    not change rounding. A ``beta`` tensor (a threshold computed on the device) gives
+    float64 tensors, with no host synchronisation.
+    """
+    if isinstance(beta, torch.Tensor):
+        beta = beta.double()
+        exponent = (-torch.frexp(beta).exponent).clamp(-EXPONENT_LIMIT, EXPONENT_LIMIT)
+        scale = torch.pow(2.0, exponent.double())
+        return scale, (beta * scale).square()
+    if beta == 0:
+        return 1.0, 0.0
+    scale = 2.0 ** min(max(-math.frexp(beta)[1], -EXPONENT_LIMIT), EXPONENT_LIMIT)
+    scaled = beta * scale
+    return scale, scaled * scaled
