@@ -198,10 +198,16 @@ class SpectralConv2d(nn.Module):
         return LayerShape(transforms.spread(self.kernel_size, self.dilation), self.padding, self.stride)
 
     def forward(
-        self, x: torch.Tensor | SpectralFlow | list[SpectralFlow], residual: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | SpectralFlow | list[SpectralFlow] | None = None,
+        residual: torch.Tensor | None = None,
+        *,
+        input: torch.Tensor | None = None,
     ) -> torch.Tensor | SpectralFlow:
         """Spatial in, spatial out. Inside a block: one :meth:`step` on the block's flow.
-        ``residual`` (shaped as the output) is added before the threshold and activation."""
+        ``residual`` (broadcasting to the output) is added before the threshold and
+        activation. ``input`` is ``x`` by ``nn.Conv2d``'s name for it (``conv(input=x)``)."""
+        x = input if x is None else x
         flows = [x] if isinstance(x, SpectralFlow) else x
         if isinstance(flows, (list, tuple)) and flows and all(isinstance(f, SpectralFlow) for f in flows):
             return self.step(flows, residual)
@@ -210,7 +216,7 @@ class SpectralConv2d(nn.Module):
     def step(self, flows: list[SpectralFlow], residual: torch.Tensor | None = None) -> SpectralFlow:
         """Product with this layer's kernel spectrum, threshold and activation, on the
         spectral flow of a block (several flows in a dense block, channels in order);
-        ``residual``, a spatial batch shaped as the block's output, is added to the product
+        ``residual``, a spatial batch broadcasting to the block's output, is added to the product
         (after the normalisation) in the spectral domain."""
         moments = self.running_moments if self.normalize else None
         replay = self._replay  # recomputed in backward: as the forward ran, nothing updated
@@ -341,7 +347,7 @@ def run_layers(
 
     With ``hooks``, each layer is called as a module, so hooks (and the memory accounting)
     see each one, with :class:`SpectralFlow` objects as input and output. ``residual``
-    (shaped as the output) is added to the last layer's product before its threshold and
+    (broadcasting to the output) is added to the last layer's product before its threshold and
     activation: a residual block whose add and activation stay in the spectral domain.
     """
     _checks.spatial_input(x, layers[0].in_channels)

@@ -12,13 +12,19 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   channel with running moments, and scales and shifts it by the BN's weight and bias);
   consecutive such convolutions at one resolution share one spectral block; a
   convolution followed by neither keeps a threshold but no activation.
+  At the default ``beta`` (standard deviations of a normalised channel), a convolution
+  that folds no BatchNorm is converted exactly instead (beta 0, no activation, what
+  follows it stays): its spectrum has no scale for that beta (absolute, 0.7 keeps nothing
+  of a deep layer's); a ``density`` budget or a ``beta`` the caller gives thresholds it.
   A dense block (DenseNet's pattern) becomes one spectral dense block: every source kept
   compressed once, no concatenated copies. ``MaxPool2d``
   (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
   that keeps nothing. The container's class becomes ``Spectral<Name>``, a subclass of its
   own whose ``forward`` is the rewritten graph's (children, buffers and attributes stay;
   pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward does not
-  trace, its convolutions are swapped alone (threshold, no activation).
+  trace, its convolutions are swapped alone (no activation). A layer run inside a block is
+  called on the block's ``SpectralFlow``, and a bypassed module is not called: their
+  forward hooks see flows or do not run; the plan notes it and convert warns.
 
 Ineligible layers are skipped with a reason: a padding mode other than zeros,
 ``filter_fn`` returning False. Grouped, dilated and 1x1 convolutions (a 1x1 kernel is a
@@ -32,6 +38,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,18 +95,30 @@ class _Options:
     filter_fn: Callable[[nn.Module, str], bool] | None
     normalize: bool = True
     affine: bool = True
+    default_beta: bool = False  # beta left at its default, which counts standard deviations
+
+    @property
+    def exact_unnormalised(self) -> bool:
+        """Whether a layer that folds no BatchNorm converts exactly (beta 0, no activation):
+        at the default beta, which counts standard deviations of a normalised channel, such
+        a layer has no scale (an absolute 0.7 keeps nothing of a deep layer's spectrum).
+        A density budget, or a beta the caller chose, thresholds it."""
+        return self.default_beta and self.density is None
 
     def layer(
         self, conv: nn.Conv2d, activation: str | None, normalize: bool = False, norm: nn.Module | None = None
     ) -> SpectralConv2d:
         """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm, ``norm``
-        that BatchNorm, whose weight and bias the layer reads (``SpectralConv2d.from_conv``)."""
+        that BatchNorm, whose weight and bias the layer reads (``SpectralConv2d.from_conv``).
+        Not normalised at the default beta, it is exact (see :attr:`exact_unnormalised`)."""
         normalize = normalize and self.normalize
         norm = norm if self.normalize and self.affine else None
-        layer = SpectralConv2d.from_conv(
-            conv, norm, beta=self.beta, density=self.density, activation=activation,
-            value_dtype=self.value_dtype, normalize=normalize,
-        )  # fmt: skip
+        options = dict(
+            beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype
+        )
+        if not normalize and self.exact_unnormalised:
+            options = dict(beta=0.0, density=None, activation=None, value_dtype=None)
+        layer = SpectralConv2d.from_conv(conv, norm, normalize=normalize, **options)
         _copy_hooks(conv, layer)
         return layer
 
@@ -109,12 +128,14 @@ def _options(model, beta, activation, density, filter_fn, value_dtype, normalize
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if filter_fn is not None:
         _checks.function(filter_fn, "filter_fn", "filter_fn(module, qualified_name) -> bool")
+    default_beta = beta is _checks.DEFAULT_BETA
     beta, density = _checks.beta_or_density(beta, density)
     activation = _checks.activation(activation)
     if value_dtype is None and activation is not None:  # SpecNet mode: bfloat16 values by default
         value_dtype = torch.bfloat16
     normalize, affine = _checks.boolean(normalize, "normalize"), _checks.boolean(affine, "affine")
-    return _Options(beta, density, activation, _checks.value_dtype(value_dtype), filter_fn, normalize, affine)
+    value_dtype = _checks.value_dtype(value_dtype)
+    return _Options(beta, density, activation, value_dtype, filter_fn, normalize, affine, default_beta)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -173,9 +194,12 @@ class _Analysis:
         self.root_swap: nn.Module | None = None
         if isinstance(model, nn.Conv2d):  # a bare convolution: nothing to trace
             reason = _conv_skip_reason(model, "", opts)
-            self.rows.append(PlanRow("(root)", "Conv2d", "skip" if reason else "spectral conv", reason))
-            if not reason:
-                self.root_swap = opts.layer(model, None)
+            if reason:
+                self.rows.append(PlanRow("(root)", "Conv2d", "skip", reason))
+                return
+            self.root_swap = opts.layer(model, None)
+            reason = _layer_reason(self.root_swap, opts, "a convolution alone")
+            self.rows.append(PlanRow("(root)", "Conv2d", "spectral conv", reason))
             return
         done: set[str] = set()  # the layers of a dense block already rewritten
         for fqn, module in model.named_modules():
@@ -199,6 +223,10 @@ class _Analysis:
         layers = patterns.dense_block(module, eligible) if len(module._modules) else None
         if layers is None:
             return False
+        if self.opts.exact_unnormalised and not (
+            self.opts.normalize and all(all(layer.normalized) for layer in layers)
+        ):
+            return False  # a layer without a BatchNorm converts exactly, its BN and ReLU kept
         edit = _ContainerEdit(fqn, module, graph=fx.Graph())
         x = edit.graph.placeholder(next(iter(inspect.signature(module.forward).parameters)))
         head = fqn or "(root)"
@@ -225,12 +253,13 @@ class _Analysis:
                 edit.swaps[qualified] = swap
                 stage.append(edit.graph.get_attr(qualified))
                 action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, swap)
-                reason += f"; {role} of layer {index} of the dense block at {head}"
+                reason = _layer_reason(swap, self.opts)
+                reason += f"; {role} of layer {index} of the dense block at {head}" + _hooks_note(conv)
                 self.rows.append(PlanRow(_join(fqn, qualified), "Conv2d", action, reason))
             stages.append(stage)
             for name, why in bypassed:
                 norm = child.get_submodule(name)
+                why += _hooks_note(norm, bypassed=True)
                 self.rows.append(
                     PlanRow(_join(fqn, _join(layer.name, name)), type(norm).__name__, "bypassed", why)
                 )
@@ -267,12 +296,13 @@ class _Analysis:
         for name, (_, reason) in convs.items():
             if reason:
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "skip", reason))
-        if self.opts.activation is None or not eligible:
+        exact = self.opts.exact_unnormalised and not self.opts.normalize  # no layer could fold a BN
+        if self.opts.activation is None or exact or not eligible:
+            context = "linear" if self.opts.activation is None else "normalize=False"
             for name, conv in eligible.items():
-                self.rows.append(
-                    PlanRow(_join(fqn, name), "Conv2d", "spectral conv", "linear: threshold only")
-                )
                 edit.swaps[name] = self.opts.layer(conv, None)
+                reason = _layer_reason(edit.swaps[name], self.opts, context)
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", reason))
         else:
             self._specnet(edit, eligible)
         self.edits.append(edit)
@@ -282,24 +312,24 @@ class _Analysis:
         try:
             graph = patterns.trace(module)
         except Exception as error:  # any failure to trace means: swap the convolutions alone
-            why = f"forward does not trace ({type(error).__name__}): conv swapped alone, threshold only"
+            why = f"forward does not trace ({type(error).__name__}): conv swapped alone"
             for name, conv in eligible.items():
-                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", why))
                 edit.swaps[name] = self.opts.layer(conv, None)
+                reason = _layer_reason(edit.swaps[name], self.opts, why)
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", reason))
             return
         calls = patterns.module_calls(graph)
         for name, conv in list(eligible.items()):
+            if name not in calls:
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "skip", "not called by forward"))
+            elif calls[name] != 1:
+                edit.swaps[name] = self.opts.layer(conv, None)
+                reason = _layer_reason(edit.swaps[name], self.opts, "called more than once")
+                self.rows.append(PlanRow(_join(fqn, name), "Conv2d", "spectral conv", reason))
             if calls.get(name, 0) != 1:
-                why = (
-                    "not called by forward" if name not in calls else "called more than once: threshold only"
-                )
-                self.rows.append(
-                    PlanRow(_join(fqn, name), "Conv2d", "skip" if name not in calls else "spectral conv", why)
-                )
-                if name in calls:
-                    edit.swaps[name] = self.opts.layer(conv, None)
                 del eligible[name]
-        chains = patterns.find_chains(graph, module, eligible)
+        unnormalised = not self.opts.exact_unnormalised  # else only a BN lets a conv absorb what follows
+        chains = patterns.find_chains(graph, module, eligible, unnormalised)
         for chain in chains:
             head = _join(fqn, chain.convs[0])
             for index, name in enumerate(chain.convs):
@@ -312,18 +342,22 @@ class _Analysis:
                 )
                 edit.swaps[name] = swap
                 action = "spectral layer" if activated else "spectral conv"
-                reason = _layer_reason(activated, swap)
+                reason = _layer_reason(swap, self.opts)
                 if len(chain.convs) > 1:
                     reason += f"; layer {index} of the block at {head}"
                 if chain.residual is not None and index == len(chain.convs) - 1:
                     reason += f"; adds the shortcut ({chain.residual.name}) before it, spectrally"
+                if chain.absorbed or len(chain.convs) > 1:  # run inside a block
+                    reason += _hooks_note(eligible[name])
                 self.rows.append(PlanRow(_join(fqn, name), "Conv2d", action, reason))
             for name in chain.absorbed:
+                why = f"absorbed by the layer at {head}"
                 if name in calls:  # a child module
-                    row = PlanRow(_join(fqn, name), type(module.get_submodule(name)).__name__, "bypassed")
+                    child = module.get_submodule(name)
+                    row = PlanRow(_join(fqn, name), type(child).__name__, "bypassed", why)
+                    row.reason += _hooks_note(child, bypassed=True)
                 else:  # a function or method called in the container's forward
-                    row = PlanRow(fqn or "(root)", name, "bypassed")
-                row.reason = f"absorbed by the layer at {head}"
+                    row = PlanRow(fqn or "(root)", name, "bypassed", why)
                 self.rows.append(row)
         if any(chain.absorbed or len(chain.convs) > 1 for chain in chains):
             _rewrite(graph, chains)
@@ -345,12 +379,50 @@ class _Analysis:
         return model
 
 
-def _layer_reason(activated: bool, layer: SpectralConv2d) -> str:
-    if not activated:
-        return "no BN/ReLU after it: threshold only"
+EXACT = (
+    "exact (no threshold, no activation): no BatchNorm folded, whose standard deviations the "
+    "default beta counts; density= or beta= thresholds it"
+)
+
+
+def _layer_reason(layer: SpectralConv2d, opts: _Options, context: str | None = None) -> str:
+    """How ``layer`` thresholds; ``context`` says why it was swapped alone, if it was."""
+    if not layer.normalize and opts.exact_unnormalised:
+        return EXACT if context is None else f"{EXACT}; {context}"
+    scale = " (density budget)" if layer.density is not None else " at an absolute beta (no BatchNorm folded)"
+    if layer.activation is None:
+        return f"{context or 'no BN/ReLU after it'}: threshold only{scale}"
     if not layer.normalize:
-        return "split tanh"
+        return "split tanh" + scale
     return "split tanh, normalised for its BN" + (" (with its weight and bias)" if layer.affine else "")
+
+
+HOOKS = "; module hooks: "
+
+
+def _hooks_note(module: nn.Module, bypassed: bool = False) -> str:
+    """A plan note for ``module``'s hooks, if it has any: run inside a spectral block, its
+    forward hooks see ``SpectralFlow`` objects and its backward hooks do not run (no tensor
+    goes in or out); bypassed, none runs."""
+    forward = module._forward_hooks or module._forward_pre_hooks
+    backward = module._backward_hooks or module._backward_pre_hooks
+    if not (forward or backward):
+        return ""
+    if bypassed:
+        return HOOKS + "none runs (bypassed)"
+    notes = (
+        ["forward hooks see SpectralFlow objects (a block's spectral state), not tensors"] if forward else []
+    )
+    return HOOKS + ", ".join(notes + (["backward hooks do not run"] if backward else []))
+
+
+def _warn_about_hooks(rows: Plan) -> None:
+    changed = [f"{r.name}: {r.reason.rpartition(HOOKS)[2]}" for r in rows if HOOKS in r.reason]
+    if changed:
+        warnings.warn(
+            "convert changes what these modules' hooks see: " + "; ".join(changed) + " (spectriton.plan)",
+            stacklevel=3,
+        )
 
 
 def _frozen(bypassed: nn.Module, layers) -> list[nn.Parameter]:
@@ -451,7 +523,11 @@ def plan(
     pool and bypassed layer (qualified name, type, action, reason). The model is not
     touched. Rows follow the order of ``model.named_modules()``."""
     opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine)
-    rows = _Analysis(model, opts).rows
+    return _ordered(_Analysis(model, opts).rows, model)
+
+
+def _ordered(rows: Plan, model: nn.Module) -> Plan:
+    """``rows`` in the order of ``model.named_modules()``."""
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return Plan(sorted(rows, key=lambda row: order.get(row.name, len(order))))
 
@@ -471,8 +547,10 @@ def convert(
 
     ``filter_fn(module, qualified_name) -> bool`` chooses which convolutions and pools to
     swap. ``beta`` is the threshold (in a layer that absorbs a BatchNorm, in standard
-    deviations of each channel); ``density`` replaces it by a per-layer budget of kept
-    entries.
+    deviations of each channel, elsewhere in the spectrum's own units); left at its
+    default, a layer that absorbs no BatchNorm (linear mode: every layer) is converted
+    exactly, with no threshold and no activation. ``density`` replaces it by a per-layer
+    budget of kept entries.
     ``value_dtype`` None stores kept values as bfloat16 pairs in SpecNet mode and exactly in
     linear mode (``torch.complex64`` asks for full precision in both). ``normalize`` (SpecNet
     mode) makes each layer that absorbs a BatchNorm a normalised one
@@ -482,10 +560,13 @@ def convert(
     ``normalize``): the layer also takes the BN's weight and bias, which scale and shift
     each normalised channel and keep training (unless the weight is all zero when the layer
     first runs: a zero-initialised residual branch). Parameters are shared, not copied; device, dtype,
-    training flag, buffers and the hooks of swapped modules are kept.
+    training flag, buffers and the hooks of swapped modules are kept (inside a spectral
+    block they see ``SpectralFlow`` objects; a bypassed module's do not run: warned).
     """
     opts = _options(model, beta, activation, density, filter_fn, value_dtype, normalize, affine)
-    return _Analysis(model, opts).apply(model)
+    analysis = _Analysis(model, opts)
+    _warn_about_hooks(_ordered(analysis.rows, model))
+    return analysis.apply(model)
 
 
 def _to_conv(layer: SpectralConv2d) -> nn.Conv2d:

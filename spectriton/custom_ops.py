@@ -170,7 +170,8 @@ def _layer_input(inputs, mask, offsets, batch, channels, grid, real) -> Compress
     compressed layer output."""
     if mask is None:
         return transforms.map_spectrum(inputs.to(real), grid)
-    return CompressedSpectrum._trusted(inputs, mask, offsets, batch, channels, grid)
+    values = inputs.to(real) if real == torch.float64 else inputs  # a float64 model's products in float64
+    return CompressedSpectrum._trusted(values, mask, offsets, batch, channels, grid)
 
 
 # ---------------------------------------------------------------------------------------

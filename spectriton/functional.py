@@ -96,11 +96,11 @@ def spectral_layer(
     ``weight`` is shaped as ``nn.Conv2d``'s with ``groups`` and ``dilation``. ``moments``
     normalises the layer and ``affine`` (``(2, O)``: scale and shift per channel, BatchNorm's
     weight and bias) then scales and shifts it (``spectriton::layer``'s arguments).
-    ``residual``, a spatial batch shaped as the block's output, is added to the product
-    before the threshold and split tanh, in the spectral domain: a residual connection and
-    the activation after it, with no spatial tensor kept for either. A layer with a
-    ``stride`` (the last of its block) crops its product to its output first and keeps the
-    spectrum of that, on a grid the output's size.
+    ``residual``, a spatial batch shaped as the block's output (or broadcasting to it), is
+    added to the product before the threshold and split tanh, in the spectral domain: a
+    residual connection and the activation after it, with no spatial tensor kept for either.
+    A layer with a ``stride`` (the last of its block) crops its product to its output first
+    and keeps the spectrum of that, on a grid the output's size.
     """
     sources = [sources] if isinstance(sources, SpectralFlow) else list(sources)
     first = sources[0]
@@ -140,10 +140,12 @@ def spectral_layer(
     if residual is not None:
         placed = BlockGeometry(geom.size, geom.grid, target, geom.full, geom.stride)  # where the crop reads
         expected = (first.batch, weight.shape[0], *placed.out)
-        if tuple(residual.shape) != expected:
+        if residual.dim() > 4 or any(r not in (1, e) for r, e in zip(residual.shape[::-1], expected[::-1])):
             raise ValueError(
-                f"residual must be shaped as the block's output {expected}, got {tuple(residual.shape)}"
+                f"residual must be shaped as the block's output {expected} or broadcast to it, "
+                f"got {tuple(residual.shape)}"
             )
+        residual = residual.expand(expected)  # as the add it stands for broadcasts it
         spectrum = transforms.place_spectrum(residual.to(custom_ops.compute_dtype(residual, weight)), placed)
     rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
     rebuild_args = list(first.recipe.args) if rebuild else []

@@ -35,13 +35,27 @@ class ChildTracer(fx.Tracer):
 
 
 def trace(module: nn.Module, concrete_args: dict | None = None) -> fx.Graph:
-    """``module``'s forward with its children as leaves and its ``nn.Identity`` calls dropped."""
+    """``module``'s forward with its children as leaves, called with positional arguments
+    where they take them (``self.conv(input=x)`` reads as ``self.conv(x)``), and its
+    ``nn.Identity`` calls dropped."""
     graph = ChildTracer().trace(module, concrete_args=concrete_args)
     for node in list(graph.nodes):
-        if node.op == "call_module" and type(module.get_submodule(node.target)) is nn.Identity:
+        if node.op == "call_module" and node.kwargs:
+            node.args, node.kwargs = _positional(module.get_submodule(node.target), node)
+        if node.op == "call_module" and type(module.get_submodule(node.target)) is nn.Identity and node.args:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     return graph
+
+
+def _positional(child: nn.Module, node: fx.Node) -> tuple[tuple, dict]:
+    """A call's arguments with those that can be positional made so (as they bind to
+    ``child.forward``); unchanged where they do not bind."""
+    try:
+        bound = inspect.signature(child.forward).bind(*node.args, **node.kwargs)
+    except TypeError:  # the call fails as the forward runs, as it did before converting
+        return node.args, node.kwargs
+    return tuple(bound.args), dict(bound.kwargs)
 
 
 def module_calls(graph: fx.Graph) -> dict[str, int]:
@@ -120,16 +134,20 @@ class Chain:
     residual: fx.Node | None = None  # the shortcut added before the last layer's activation
 
 
-def _absorb_after(node: fx.Node, module: nn.Module, chain: Chain) -> tuple[fx.Node, bool, str | None]:
-    """Take ``[BN] [ReLU]`` (or a BN with its ReLU) after ``node`` into ``chain``; returns
-    the last node taken, whether any was (split tanh then stands for them) and the BN
-    taken, if one was."""
+def _absorb_after(
+    node: fx.Node, module: nn.Module, chain: Chain, unnormalised: bool
+) -> tuple[fx.Node, bool, str | None]:
+    """Take ``[BN] [ReLU]`` (or a BN with its ReLU) after ``node`` into ``chain``, a ReLU
+    alone only if ``unnormalised``; returns the last node taken, whether any was (split
+    tanh then stands for them) and the BN taken, if one was."""
     end, activated, normalized = node, False, None
     for kind in ("bn", "act"):
         user = only_user(end)
         if user is None:
             break
         norm = node_norm(user, module)
+        if kind == "bn" and norm is None and not unnormalised:
+            break
         if (kind == "bn" and norm is not None) or (kind == "act" and is_activation(user, module)):
             chain.nodes.append(user)
             chain.absorbed.append(call_name(user))
@@ -140,9 +158,12 @@ def _absorb_after(node: fx.Node, module: nn.Module, chain: Chain) -> tuple[fx.No
     return end, activated, normalized
 
 
-def find_chains(graph: fx.Graph, module: nn.Module, eligible: dict[str, nn.Conv2d]) -> list[Chain]:
+def find_chains(
+    graph: fx.Graph, module: nn.Module, eligible: dict[str, nn.Conv2d], unnormalised: bool = True
+) -> list[Chain]:
     """Convolution chains in the traced graph: conv [BN] [ReLU], then the next conv when
-    the previous one keeps the resolution."""
+    the previous one keeps the resolution. Without ``unnormalised``, a convolution absorbs
+    what follows it (a ReLU, a shortcut's add) only after a BatchNorm."""
     chains, used = [], set()
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in eligible or node in used:
@@ -152,7 +173,7 @@ def find_chains(graph: fx.Graph, module: nn.Module, eligible: dict[str, nn.Conv2
             chain.convs.append(current.target)
             chain.nodes.append(current)
             used.add(current)
-            end, activated, normalized = _absorb_after(current, module, chain)
+            end, activated, normalized = _absorb_after(current, module, chain, unnormalised)
             chain.activated.append(activated)
             chain.norms.append(normalized)
             user = only_user(end)
@@ -162,7 +183,8 @@ def find_chains(graph: fx.Graph, module: nn.Module, eligible: dict[str, nn.Conv2
                 break
             current = user
         residual = _residual_after(end, module)
-        if residual is not None and eligible[chain.convs[-1]].stride == (1, 1):
+        normalised = unnormalised or chain.norms[-1] is not None
+        if residual is not None and normalised and eligible[chain.convs[-1]].stride == (1, 1):
             add, act, chain.residual = residual
             chain.nodes += [add, act]
             chain.absorbed += [call_name(add), call_name(act)]

@@ -299,7 +299,7 @@ class _Functional(nn.Module):
 
 
 def test_plan_names_functional_calls_readably():
-    rows = st.plan(_Functional())
+    rows = st.plan(_Functional(), beta=0.5)
     bypassed = [(r.name, r.kind) for r in rows if r.action == "bypassed"]
     assert bypassed == [("(root)", "torch.nn.functional.relu"), ("(root)", "torch.relu")]
     assert "0x" not in str(rows)
@@ -312,3 +312,74 @@ def test_a_layer_keeping_under_one_percent_in_training_warns_once():
         model(x)
         model(x)
     assert len([w for w in caught if "keeps" in str(w.message)]) == 2  # once per layer
+
+
+@pytest.mark.parametrize("name,size", [("alexnet", 64), ("squeezenet1_0", 48), ("convnext_tiny", 32)])
+def test_convolutions_without_a_batchnorm_convert_exactly_at_the_default_beta(name, size):
+    """The default beta counts standard deviations of a channel normalised by the BatchNorm
+    a layer absorbs; without one it has no scale (an absolute 0.7 kept 0 % of the deep
+    layers' spectra and the output did not depend on the input), so such a layer converts
+    exactly and its ReLU, LayerNorm or GELU stays; density= or an explicit beta thresholds it."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    rows = st.plan(model)
+    convs = [r for r in rows if r.kind == "Conv2d"]
+    assert convs and all(r.action == "spectral conv" and r.reason.startswith("exact") for r in convs)
+    assert not [r for r in rows if r.action == "bypassed"]
+    x = torch.randn(2, 3, size, size)  # two inputs
+    with torch.no_grad():
+        expected = model(x)
+        st.convert(model)
+        y = model(x)
+    assert sum(isinstance(m, st.SpectralConv2d) for m in model.modules()) == len(convs)
+    spread = (expected[0] - expected[1]).abs().max().item()
+    assert (y[0] - y[1]).abs().max() > 0.5 * spread  # depends on its input as the original does
+    # float32 round-off of the spectral products, far below what the input changes
+    torch.testing.assert_close(y, expected, atol=1e-3 * spread, rtol=1e-4)
+
+
+def test_an_explicit_beta_or_a_budget_thresholds_layers_without_a_batchnorm_and_the_plan_says_how():
+    model = _Functional()
+    absolute = {r.name: r.reason for r in st.plan(model, beta=0.5) if r.kind == "Conv2d"}
+    assert all(reason.startswith("split tanh at an absolute beta") for reason in absolute.values())
+    budget = {r.name: r.action for r in st.plan(model, density=0.1) if r.kind == "Conv2d"}
+    assert set(budget.values()) == {"spectral layer"}
+    linear = st.plan(model, activation=None)
+    assert all(r.reason.startswith("exact") for r in linear)  # the default beta: exact in linear mode too
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    torch.testing.assert_close(st.convert(model, activation=None)(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_converted_model_runs_in_float64_after_double():
+    """bfloat16 values in a block of two layers: the products run in float64."""
+    torch.manual_seed(0)
+    model = st.convert(_vgg_like()[:6], beta=0.0).train()
+    x = torch.randn(2, 3, 8, 8)
+    single = model(x)
+    model.double()
+    y = model(x.double())
+    y.sum().backward()
+    assert y.dtype == torch.float64 and model[0].weight.grad.dtype == torch.float64
+    torch.testing.assert_close(y, single.double(), atol=2e-2, rtol=2e-2)  # bfloat16 values round either way
+
+
+def test_plan_and_convert_say_what_hooks_see():
+    """A layer inside a spectral block is called on the block's SpectralFlow, and a bypassed
+    BatchNorm or ReLU is not called at all: the plan says so and convert warns."""
+    model, seen = _vgg_like(), []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(type(o).__name__))
+    model[1].register_forward_hook(lambda m, i, o: seen.append("bn"))
+    model[3].register_full_backward_hook(lambda m, gi, go: seen.append("backward"))
+    rows = {r.name: r.reason for r in st.plan(model, beta=0.5)}
+    assert rows["0"].endswith(
+        "module hooks: forward hooks see SpectralFlow objects (a block's spectral state), not tensors"
+    )
+    assert rows["1"].endswith("module hooks: none runs (bypassed)")
+    assert rows["3"].endswith("module hooks: backward hooks do not run")
+    with pytest.warns(
+        UserWarning, match=r"0: forward hooks see SpectralFlow.*; 1: none runs .*; 3: backward"
+    ):
+        st.convert(model, beta=0.5)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert seen == ["SpectralFlow"]

@@ -170,3 +170,65 @@ def test_timm_models_convert(name):
     assert torch.isfinite(loss)
     if name == "densenet121":
         assert type(model.features.denseblock1).__name__ == "SpectralDenseBlock"
+
+
+class _KeywordCalls(nn.Module):
+    """Calls its children by keyword (``nn.Conv2d.forward(input)``), maybe through an
+    ``nn.Identity`` placeholder."""
+
+    def __init__(self, placeholder):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.aa = nn.Identity() if placeholder else None
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(input=x)
+        if self.aa is not None:
+            y = self.aa(input=y)
+        return self.conv2(input=torch.relu(self.bn(y)))
+
+
+@pytest.mark.parametrize("placeholder", [False, True], ids=["direct", "through-identity"])
+def test_convolutions_called_by_keyword_convert(placeholder):
+    rows = {r.name: r for r in st.plan(_KeywordCalls(placeholder))}
+    assert rows["conv"].action == "spectral layer" and rows["bn"].action == "bypassed"
+    torch.manual_seed(0)
+    model, x = _KeywordCalls(placeholder), torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    st.convert(model, activation=None, beta=0.0)  # the original forward calls the spectral layers
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    model = st.convert(_KeywordCalls(placeholder))
+    assert model.conv.activation == "split_tanh"
+    model(x).sum().backward()
+    assert model.conv.weight.grad is not None
+
+
+class _Shifted(nn.Module):
+    """``relu(bn(conv(x)) + t)``: the pattern of a residual block, whatever ``t``'s shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x, t):
+        return torch.relu(self.bn(self.conv(x)) + t)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (2, 4, 1, 1), ()], ids=["offset", "gate", "0-d"])
+def test_a_shortcut_that_broadcasts_is_added_as_the_add_it_replaces_adds_it(shape):
+    torch.manual_seed(0)
+    model, x = st.convert(_Shifted()), torch.randn(2, 3, 8, 8)
+    model(x, torch.randn(2, 4, 8, 8))  # calibrates the running moments
+    model.eval()
+    t = torch.randn(shape, requires_grad=True)
+    full = t.detach().expand(2, 4, 8, 8).clone().requires_grad_()
+    y, y_full = model(x, t), model(x, full)
+    torch.testing.assert_close(y, y_full, atol=1e-6, rtol=1e-6)  # the same values, laid out otherwise
+    (y * y_full.detach()).sum().backward()
+    (y_full * y_full.detach()).sum().backward()
+    torch.testing.assert_close(t.grad, full.grad.sum_to_size(shape), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"broadcast to it, got \(2, 4, 8, 8\)"):  # would grow the output
+        model(x[:1], full)
