@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import spectriton as st
+from spectriton.converted import Absorbed
 from spectriton.memory import saved_bytes
 
 torchvision = pytest.importorskip("torchvision")
@@ -135,7 +136,7 @@ def test_converted_model_is_an_ordinary_model(density):
     original = _torchvision("resnet18")
     model = st.convert(copy.deepcopy(original), density=density)
     block = model.layer1[0]
-    assert type(block).__name__ == "SpectralBasicBlock"
+    assert type(block).__name__ == "ConvertedBasicBlock"
     assert isinstance(block, torchvision.models.resnet.BasicBlock)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -167,14 +168,15 @@ def _vgg_like():
 
 def test_sequential_pattern_becomes_one_block_and_a_compact_pool():
     model = _vgg_like()
+    weight = model[1].weight
     st.convert(model, beta=0.5)
     assert isinstance(model[0], st.SpectralConv2d) and model[0].activation == "split_tanh"
     assert isinstance(model[3], st.SpectralConv2d) and model[3].activation == "split_tanh"
     assert isinstance(model[6], st.CompactMaxPool2d)
     assert isinstance(model[7], st.SpectralConv2d) and model[7].activation is None  # nothing after it
-    assert isinstance(model, nn.Sequential) and isinstance(model[1], nn.BatchNorm2d)  # kept, bypassed
-    assert model[0].affine and model[0]._norm is model[1]  # reads the BN's weight and bias
-    assert all(p.requires_grad for p in model[1].parameters())  # they train in the spectral layer
+    assert isinstance(model, nn.Sequential) and isinstance(model[1], Absorbed)  # its name kept
+    assert model[0].affine and model[0].norm.weight is weight  # holds the BN's weight and bias
+    assert all(p.requires_grad for p in model[0].norm.parameters())  # they train in the spectral layer
     report = saved_bytes(model, torch.randn(2, 3, 16, 16))
     assert "1" not in report.per_module and "2" not in report.per_module  # BN/ReLU no longer run
     pooled = []
