@@ -194,3 +194,50 @@ def test_bad_input():
         st.SpectralConv2d(3, 5, 3, affine=True)
     with pytest.raises(TypeError, match="norm must be a BatchNorm"):
         st.SpectralConv2d.from_conv(nn.Conv2d(3, 5, 3), nn.LayerNorm(5))
+
+
+def test_from_conv_holds_its_batchnorm_as_a_submodule():
+    """The BN's weight and bias are the layer's parameters, once; a copy of the layer owns
+    a copy of them (it trains what it shows)."""
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    layer = st.SpectralConv2d.from_conv(conv, bn, activation="split_tanh")
+    named = dict(layer.named_parameters())
+    assert list(named) == ["weight", "bias", "norm.weight", "norm.bias"]
+    assert named["norm.weight"] is bn.weight and named["norm.bias"] is bn.bias
+    assert layer.norm.running_mean is bn.running_mean and layer.norm.running_var is bn.running_var
+    twin = copy.deepcopy(layer)
+    shared = {id(t) for t in (*layer.parameters(), *layer.buffers())}
+    assert not shared & {id(t) for t in (*twin.parameters(), *twin.buffers())}
+
+
+def test_the_layer_starts_from_its_batchnorms_running_statistics():
+    """Issue 28: converted before any training step (a pretrained model), eval mode uses the
+    BN's own statistics (as the grid's mean and variance), not the batch's."""
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.num_batches_tracked.fill_(100)
+    layer = st.SpectralConv2d.from_conv(conv, bn, activation="split_tanh", value_dtype=torch.complex64)
+    expected = torch.stack([bn.running_mean, bn.running_var + bn.running_mean.square()])
+    assert torch.equal(layer.running_moments, expected)
+    layer.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        together, alone = layer(x), torch.cat([layer(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)  # float32 round-off
+    layer.train()(x)  # calibrated already: a training step moves them by the momentum
+    assert layer.norm.num_batches_tracked == 101 and not torch.equal(layer.running_moments, expected)
+
+
+def test_a_layer_saved_before_its_norm_was_a_submodule_loads():
+    layer = _layer(beta=0.5, affine=True)
+    layer(torch.randn(2, 3, 8, 8))
+    state = {k: v for k, v in layer.state_dict().items() if not k.startswith("norm.")}
+    state.update(running_moments=layer.running_moments, norm_weight=layer.norm.weight + 1)
+    state.update(norm_bias=layer.norm.bias - 1)
+    fresh = _layer(beta=0.5, affine=True)
+    fresh.load_state_dict(state, strict=True)
+    torch.testing.assert_close(fresh.running_moments, layer.running_moments)
+    assert torch.equal(fresh.norm_weight, layer.norm.weight + 1)
+    assert torch.equal(fresh.norm_bias, layer.norm.bias - 1)
