@@ -523,11 +523,13 @@ def _reverted(module: nn.Module) -> nn.Module | None:
 
 def revert(model: nn.Module) -> nn.Module:
     """Spectral layers back to ``nn.Conv2d`` (current weights, shared), compact pools back to
-    ``nn.MaxPool2d``, converted containers back to their own ``forward``; returns the model.
+    ``nn.MaxPool2d``, converted containers back to their own ``forward``, the modules
+    :class:`Absorbed` placeholders stand for back at their names; returns the model.
 
     What cannot be undone: the weights trained in the spectral domain stay as trained;
     BN and ReLU layers that a SpecNet conversion bypassed come back as they were before
-    it (their parameters did not train meanwhile); a ``SpectralSequential`` becomes an
+    it (their parameters did not train meanwhile), a BN a normalised layer absorbed with
+    its weight, bias and running statistics as the layer trained them; a ``SpectralSequential`` becomes an
     ``nn.Sequential`` of its convolutions without activations, a ``SpectralDenseBlock``
     is left as it is (it has no spatial twin), and density thresholds and running powers
     are dropped.
