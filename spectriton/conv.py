@@ -15,9 +15,9 @@ from torch import nn
 from spectriton import _checks, custom_ops, provenance, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape, block_geometry
+from spectriton.norm import MOMENTUM, SpectralNorm
 from spectriton.recompute import recomputed
 
-MOMENTUM = 0.1  # of the running threshold (density mode) and moments (normalize), as nn.BatchNorm2d's
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
 
 
@@ -39,24 +39,22 @@ class SpectralConv2d(nn.Module):
     before the threshold: its mean (on the grid: the DC bin) is taken off and it is divided
     by its standard deviation (the mean square by Parseval): what the layer keeps, and the
     scale it passes on, no longer depend on the weights' scale, and ``beta`` is relative to
-    each channel's standard deviation. The moments used are the ``running_moments`` buffer
-    (``(2, out_channels)``: mean and mean square, running averages of the batches', momentum
-    ``MOMENTUM``; the first training batch calibrates them in a forward without autograd):
-    constants of each step, so the gradients are exact for the forward computed.
-    ``affine=True`` (with ``normalize``) then scales each channel by ``norm_weight`` and
-    shifts it by ``norm_bias`` (trainable, ones and zeros at first), as BatchNorm's
-    ``weight`` and ``bias`` do. A layer made by ``from_conv(conv, bn)`` (``spectriton.convert``
-    makes its layers so) reads ``bn``'s own ``weight`` and ``bias`` instead, at every call:
-    ``bn`` stays in its model and owns them.
+    each channel's standard deviation. Its submodule ``norm``, a
+    :class:`~spectriton.norm.SpectralNorm`, holds what BatchNorm contributes: the running
+    statistics used (``running_moments``: ``(2, out_channels)``, mean and mean square,
+    running averages of the batches', momentum ``MOMENTUM``; the first training batch
+    calibrates them in a forward without autograd), constants of each step, so the
+    gradients are exact for the forward computed. ``affine=True`` (with ``normalize``) then
+    scales each channel by ``norm.weight`` and shifts it by ``norm.bias`` (trainable, ones
+    and zeros at first), as BatchNorm's ``weight`` and ``bias`` do. A layer made by
+    ``from_conv(conv, bn)`` (``spectriton.convert`` makes its layers so) holds ``bn``'s own
+    weight, bias and running statistics in its ``norm`` instead.
 
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
     """
 
     _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
-    _norm: nn.Module | None = None  # from_conv's BatchNorm, not a child: its model owns it
-    _scale_checked = False  # whether _zero_scale was read off _norm's weight since the last load
-    _zero_scale = False  # whether _norm's weight was all zero then (left out)
     _recomputed = False  # whether the block this layer starts kept its input in its last forward
 
     def __init__(
@@ -111,18 +109,10 @@ class SpectralConv2d(nn.Module):
         if self.density is not None:
             self.register_buffer("threshold", torch.full((), float("nan"), device=device))
         self.normalize = _checks.boolean(normalize, "normalize")
-        if self.normalize:
-            self.register_buffer(
-                "running_moments", torch.full((2, out_channels), float("nan"), device=device)
-            )
-        self._moments_checked = False  # whether running_moments is known to be calibrated
         factory = {"device": device, "dtype": _checks.real_dtype(dtype)}
-        self.affine = _checks.boolean(affine, "affine")
-        if self.affine:
-            if not self.normalize:
-                raise ValueError("affine=True needs normalize=True (it scales the normalised channels)")
-            self.norm_weight = nn.Parameter(torch.ones(out_channels, **factory))
-            self.norm_bias = nn.Parameter(torch.zeros(out_channels, **factory))
+        if _checks.boolean(affine, "affine") and not self.normalize:
+            raise ValueError("affine=True needs normalize=True (it scales the normalised channels)")
+        self.norm = SpectralNorm(out_channels, affine, **factory) if self.normalize else None
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
         )
@@ -147,18 +137,19 @@ class SpectralConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d | None = None, **options) -> SpectralConv2d:
         """A spectral layer sharing ``conv``'s weight and bias (not copies). With ``norm``, the
-        BatchNorm that follows ``conv``, it is a normalised layer instead, which reads
-        ``norm``'s weight and bias where ``norm`` has them (``norm`` stays where it is: the
-        optimizer finds them there), unless that weight is all zero when the layer first
-        runs (a residual branch zero-initialised to start as the identity, as timm's ResNets
-        do: split tanh cannot, since its threshold acts on the shortcut too, and the branch
-        would stay silent; the layer then normalises without them)."""
+        BatchNorm that follows ``conv``, it is a normalised layer instead, whose ``norm``
+        submodule (:meth:`SpectralNorm.from_batchnorm <spectriton.norm.SpectralNorm.from_batchnorm>`)
+        holds ``norm``'s own running statistics, which its moments start from, and its
+        weight and bias, applied unless ``affine=False`` or that weight is all zero when the
+        layer first runs (a zero-initialised residual branch)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+        affine = True
         if norm is not None:
             if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 raise TypeError(f"norm must be a BatchNorm, got {type(norm).__name__}")
-            options.update(normalize=True, affine=False)
+            affine = _checks.boolean(options.pop("affine", True), "affine")
+            options.update(normalize=True)
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -173,25 +164,55 @@ class SpectralConv2d(nn.Module):
             **options,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
-        if norm is not None and norm.affine:
-            object.__setattr__(layer, "_norm", norm)  # a reference, not a child
-            layer.affine = True
-        for name, buffer in layer.named_buffers():  # uncalibrated, on conv's device
-            setattr(layer, name, torch.full_like(buffer, float("nan"), device=conv.weight.device))
+        layer.train(conv.training)
+        device = conv.weight.device
+        if layer.density is not None:  # uncalibrated, on conv's device
+            layer.threshold = torch.full_like(layer.threshold, float("nan"), device=device)
+        if norm is not None:
+            layer.norm = SpectralNorm.from_batchnorm(norm, affine)
+        elif layer.normalize:
+            layer.norm = SpectralNorm(conv.out_channels, layer.affine, device, conv.weight.dtype)
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        """``nn.Conv2d``'s state_dict loads strictly: the running ``threshold`` and
-        ``running_moments`` buffers are optional (missing, they start uncalibrated)."""
+        """``nn.Conv2d``'s state_dict loads strictly: the running ``threshold`` buffer and
+        the norm's statistics are optional (missing, they start uncalibrated). The keys of a
+        normalised layer saved before its norm was a submodule (``running_moments``,
+        ``norm_weight``, ``norm_bias``) load into it."""
         missing_keys = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.norm is not None:
+            moments = state_dict.pop(prefix + "running_moments", None)
+            if moments is not None:  # mean and mean square
+                state_dict[prefix + "norm.running_mean"] = moments[0]
+                state_dict[prefix + "norm.running_var"] = moments[1] - moments[0].square()
+            for old, new in (("norm_weight", "norm.weight"), ("norm_bias", "norm.bias")):
+                if prefix + old in state_dict:
+                    state_dict[prefix + new] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(state_dict, prefix, *args)
-        for name, buffer in self.named_buffers(recurse=False):
-            key = prefix + name
-            if key not in state_dict and key in missing_keys:
-                missing_keys.remove(key)
-                with torch.no_grad():
-                    buffer.fill_(float("nan"))
-        self._moments_checked = self._scale_checked = False
+        key = prefix + "threshold"
+        if self.density is not None and key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+            with torch.no_grad():
+                self.threshold.fill_(float("nan"))
+
+    @property
+    def affine(self) -> bool:
+        """Whether the normalised channels are scaled and shifted by ``norm``'s weight and bias."""
+        return self.norm is not None and self.norm.affine
+
+    @property
+    def running_moments(self) -> torch.Tensor:
+        """``(2, out_channels)``: each channel's running mean and mean square on the grid
+        (read from ``norm``, which holds them)."""
+        return self.norm.moments(False)
+
+    @property
+    def norm_weight(self) -> nn.Parameter:
+        return self.norm.weight
+
+    @property
+    def norm_bias(self) -> nn.Parameter:
+        return self.norm.bias
 
     @property
     def shape(self) -> LayerShape:
@@ -218,21 +239,22 @@ class SpectralConv2d(nn.Module):
         spectral flow of a block (several flows in a dense block, channels in order);
         ``residual``, a spatial batch broadcasting to the block's output, is added to the product
         (after the normalisation) in the spectral domain."""
-        moments = self.running_moments if self.normalize else None
-        replay = self._replay  # recomputed in backward: as the forward ran, nothing updated
+        norm, replay = self.norm, self._replay  # replay: recomputed in backward, as the forward ran
         training = self.training if replay is None else replay[1]
+        moments = affine = None
         if replay is not None:
-            moments = replay[0]
-        elif self.normalize and training and not self._moments_checked:
-            self._calibrate(flows)
+            moments, affine = replay[0], None if norm is None else norm.scale_shift()
+        elif norm is not None:
+            if training and not torch.compiler.is_compiling() and norm.needs_calibration():
+                self._calibrate(flows)
+            moments, affine = norm(training)
         running = self.threshold if self.density is not None and not training else None
-        affine = self._scale_shift()
         flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
         if training and replay is None:
             if self.density is not None:
                 _update_running(self.threshold, flow.beta)
-            if self.normalize:
-                _update_running(self.running_moments, flow.moments)
+            if norm is not None:
+                norm.update(flow.moments)
         if not torch.compiler.is_compiling():  # a host number: eager only
             self.last_density = flow.density
             if self.training and self.last_density < STARVED and not getattr(self, "_warned", False):
@@ -245,19 +267,6 @@ class SpectralConv2d(nn.Module):
                 )
         return flow
 
-    def _scale_shift(self) -> torch.Tensor | None:
-        """The ``(2, out_channels)`` weight and bias the normalised channels are scaled and
-        shifted by: this layer's, its BatchNorm's (see :meth:`from_conv`), or None."""
-        if not self.affine:
-            return None
-        if self._norm is None:
-            return torch.stack([self.norm_weight, self.norm_bias])
-        weight, bias = self._norm.weight, self._norm.bias
-        if not self._scale_checked and not torch.compiler.is_compiling():
-            self._zero_scale = not bool(weight.detach().any())  # one host read, once
-            self._scale_checked = True
-        return None if self._zero_scale else torch.stack([weight, bias])
-
     def _layer(self, flows: list[SpectralFlow], **options) -> SpectralFlow:
         """:func:`spectral_layer` with this layer's parameters and settings."""
         return spectral_layer(
@@ -266,16 +275,12 @@ class SpectralConv2d(nn.Module):
         )  # fmt: skip
 
     def _calibrate(self, flows: list[SpectralFlow]) -> None:
-        """Set uncalibrated ``running_moments`` to this batch's, in a forward without
-        autograd (eager only: compiled, the op falls back on the batch's moments)."""
-        if torch.compiler.is_compiling():
-            return
-        if torch.isnan(self.running_moments).any():
-            with torch.no_grad():
-                flow = self._layer(flows, moments=self.running_moments)
-                running = self.running_moments
-                running.copy_(torch.where(torch.isnan(running), flow.moments, running))
-        self._moments_checked = True
+        """Set the norm's uncalibrated statistics to this batch's moments, in a forward
+        without autograd (eager only: compiled, the op uses the batch's moments where they
+        are uncalibrated, and the update sets them)."""
+        with torch.no_grad():
+            flow = self._layer(flows, moments=self.norm.moments(True))
+        self.norm.calibrate(flow.moments)
 
     def extra_repr(self) -> str:
         text = (
@@ -413,7 +418,7 @@ def _run_recomputed(
     rebuilt from where it has one (kept already by the block that made it), run again in
     backward with the moments the forward used (handed to the checkpoint: the running ones
     move on)."""
-    moments = [layer.running_moments.clone() if layer.normalize else None for layer in layers]
+    moments = [None if layer.norm is None else layer.norm.moments(layer.training) for layer in layers]
     modes = [layer.training for layer in layers]
     same = residual is x
     kept = [_Kept(x)] + ([_Kept(residual)] if residual is not None and not same else [])

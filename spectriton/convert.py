@@ -8,8 +8,10 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
 - ``activation="split_tanh"`` (SpecNet): each container's ``forward`` is traced with
   ``torch.fx`` (its children as leaves; see :mod:`spectriton.patterns`). A convolution
   followed by ``BatchNorm2d`` and/or ``ReLU`` becomes a spectral layer with split tanh,
-  the BN and ReLU are bypassed (the BN's normalisation stays: the layer normalises each
-  channel with running moments, and scales and shifts it by the BN's weight and bias);
+  the BN and ReLU are bypassed (the BN's normalisation stays: the layer's
+  :class:`~spectriton.norm.SpectralNorm` holds the BN's running statistics, weight and
+  bias), and an :class:`~spectriton.converted.Absorbed` placeholder that runs nothing
+  takes each bypassed module's name and state_dict keys;
   consecutive such convolutions at one resolution share one spectral block; a
   convolution followed by neither keeps a threshold but no activation.
   At the default ``beta`` (standard deviations of a normalised channel), a convolution
@@ -19,8 +21,9 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   A dense block (DenseNet's pattern) becomes one spectral dense block: every source kept
   compressed once, no concatenated copies. ``MaxPool2d``
   (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
-  that keeps nothing. The container's class becomes ``Spectral<Name>``, a subclass of its
-  own whose ``forward`` is the rewritten graph's (children, buffers and attributes stay;
+  that keeps nothing. The container's class becomes ``Converted<Name>``
+  (:mod:`spectriton.converted`), a subclass of its own whose ``forward`` is the rewritten
+  graph's (children, buffers and attributes stay;
   pickle, ``torch.save`` and ``copy.deepcopy`` keep the change). Where a forward does not
   trace, its convolutions are swapped alone (no activation). A layer run inside a block is
   called on the block's ``SpectralFlow``, and a bypassed module is not called: their
@@ -35,7 +38,6 @@ undoes a conversion.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import types
 import warnings
@@ -53,6 +55,7 @@ from spectriton.conv import (
     run_dense_layers,
     run_layers,
 )
+from spectriton.converted import Absorbed, converted_class
 from spectriton.pooling import CompactAvgPool2d, CompactMaxPool2d
 
 _STATE = "_spectriton_converted"  # on a container whose forward convert replaced
@@ -109,16 +112,17 @@ class _Options:
         self, conv: nn.Conv2d, activation: str | None, normalize: bool = False, norm: nn.Module | None = None
     ) -> SpectralConv2d:
         """``conv`` as a spectral layer; ``normalize`` when it absorbs a BatchNorm, ``norm``
-        that BatchNorm, whose weight and bias the layer reads (``SpectralConv2d.from_conv``).
+        that BatchNorm, whose state the layer's norm holds (``SpectralConv2d.from_conv``).
         Not normalised at the default beta, it is exact (see :attr:`exact_unnormalised`)."""
         normalize = normalize and self.normalize
-        norm = norm if self.normalize and self.affine else None
         options = dict(
             beta=self.beta, density=self.density, activation=activation, value_dtype=self.value_dtype
         )
         if not normalize and self.exact_unnormalised:
             options = dict(beta=0.0, density=None, activation=None, value_dtype=None)
-        layer = SpectralConv2d.from_conv(conv, norm, normalize=normalize, **options)
+        held = normalize and norm is not None
+        options.update({"affine": self.affine} if held else {"normalize": normalize})
+        layer = SpectralConv2d.from_conv(conv, norm if normalize else None, **options)
         _copy_hooks(conv, layer)
         return layer
 
@@ -186,6 +190,7 @@ class _ContainerEdit:
     swaps: dict[str, nn.Module] = field(default_factory=dict)
     graph: fx.Graph | None = None
     frozen: list[nn.Parameter] = field(default_factory=list)
+    absorbed: dict[str, str] = field(default_factory=dict)  # child modules the graph stops calling: why
 
 
 class _Analysis:
@@ -264,6 +269,7 @@ class _Analysis:
                     PlanRow(_join(fqn, _join(layer.name, name)), type(norm).__name__, "bypassed", why)
                 )
                 edit.frozen += _frozen(norm, edit.swaps.values())
+                edit.absorbed[_join(layer.name, name)] = why
         edit.graph.output(edit.graph.call_function(run_dense_layers, (stages, x)))
         self.edits.append(edit)
         return True
@@ -359,6 +365,8 @@ class _Analysis:
                 else:  # a function or method called in the container's forward
                     row = PlanRow(fqn or "(root)", name, "bypassed", why)
                 self.rows.append(row)
+                if name in calls:
+                    edit.absorbed[name] = row.reason
         if any(chain.absorbed or len(chain.convs) > 1 for chain in chains):
             _rewrite(graph, chains)
             edit.graph = graph
@@ -376,6 +384,7 @@ class _Analysis:
                 setattr(edit.module.get_submodule(parent), child, new)
             if edit.graph is not None:
                 _replace_forward(edit.module, edit.graph, edit.frozen)
+                _place_absorbed(edit)
         return model
 
 
@@ -426,11 +435,39 @@ def _warn_about_hooks(rows: Plan) -> None:
 
 
 def _frozen(bypassed: nn.Module, layers) -> list[nn.Parameter]:
-    """The trainable parameters of a bypassed module, unless one of ``layers`` reads them
-    (a normalised layer reads its BatchNorm's weight and bias): they stop training."""
-    if any(getattr(layer, "_norm", None) is bypassed for layer in layers):
+    """The trainable parameters of a bypassed module, unless the norm of one of ``layers``
+    applies them (a normalised layer's BatchNorm weight and bias): they stop training."""
+    norm = _holder(bypassed, layers)
+    if norm is not None and norm.affine:
         return []
     return [p for p in bypassed.parameters() if p.requires_grad]
+
+
+def _holder(bypassed: nn.Module, layers):
+    """The norm of one of ``layers`` that holds ``bypassed``'s tensors (a BatchNorm the
+    layer absorbed), or None."""
+    own = {id(t) for t in (*bypassed.parameters(), *bypassed.buffers())}
+    for layer in layers:
+        norm = getattr(layer, "norm", None)
+        if norm is not None and any(id(t) in own for t in (*norm.parameters(), *norm.buffers())):
+            return norm
+    return None
+
+
+def _place_absorbed(edit: _ContainerEdit) -> None:
+    """An :class:`Absorbed` placeholder at the name of each module the new forward no
+    longer calls, holding its state_dict keys."""
+    called = {node.target for node in edit.graph.nodes if node.op == "call_module"}
+    for name, role in edit.absorbed.items():
+        if name in called:
+            continue
+        module = edit.module.get_submodule(name)
+        norm = _holder(module, edit.swaps.values())
+        if norm is not None:
+            layer = next(key for key, swap in edit.swaps.items() if getattr(swap, "norm", None) is norm)
+            role = f"normalised by the spectral layer at {_join(edit.fqn, layer)}, whose norm holds its state"
+        parent, _, child = name.rpartition(".")
+        setattr(edit.module.get_submodule(parent), child, Absorbed(module, role, norm))
 
 
 def _rewrite(graph: fx.Graph, chains: list[patterns.Chain]) -> None:
@@ -451,56 +488,19 @@ def _rewrite(graph: fx.Graph, chains: list[patterns.Chain]) -> None:
 
 def _replace_forward(module: nn.Module, graph: fx.Graph, frozen: list[nn.Parameter]) -> None:
     """Give ``module`` the rewritten graph's forward: its class becomes a subclass of its own
-    (``Spectral<Name>``) whose ``forward`` is the graph's code, so that the change is part of
-    the model (pickle, ``torch.save`` and ``copy.deepcopy`` keep it) and children, buffers
-    and attributes stay where they were."""
+    (``Converted<Name>``, :mod:`spectriton.converted`) whose ``forward`` is the graph's code,
+    so that the change is part of the model (pickle, ``torch.save`` and ``copy.deepcopy``
+    keep it) and children, buffers and attributes stay where they were."""
     code = graph.python_code(root_module="self")
     names = {
         name: (value.__name__, True) if isinstance(value, types.ModuleType) else (value, False)
         for name, value in code.globals.items()
         if name != "__builtins__"
     }
-    module.__class__ = _converted_class(type(module), code.src, names)
+    module.__class__ = converted_class(type(module), code.src, names)
     for p in frozen:
         p.requires_grad_(False)
     setattr(module, _STATE, frozen)
-
-
-_CLASSES: dict[tuple[type, str], type] = {}
-
-
-def _converted_class(base: type, source: str, names: dict[str, tuple]) -> type:
-    """``base`` with the forward defined by ``source`` (fx's code for a graph), whose global
-    ``names`` map to ``(object, False)`` or ``(module name, True)``; one class per pair."""
-    key = (base, source)
-    if key not in _CLASSES:
-        namespace = {
-            name: importlib.import_module(value) if is_module else value
-            for name, (value, is_module) in names.items()
-        }
-        exec(compile(source, f"<spectriton: converted {base.__qualname__}>", "exec"), namespace)
-        _CLASSES[key] = type(
-            f"Spectral{base.__name__}",
-            (base,),
-            {
-                "forward": namespace["forward"],
-                "__module__": __name__,
-                "__reduce_ex__": _reduce_converted,
-                "_spectriton_class": (base, source, names),
-            },
-        )
-    return _CLASSES[key]
-
-
-def _reduce_converted(module: nn.Module, protocol: int):
-    """Pickle a converted container as its base class, the forward's source and its state."""
-    _, _, *state = object.__reduce_ex__(module, protocol)
-    return (_new_converted, type(module)._spectriton_class, *state)
-
-
-def _new_converted(base: type, source: str, names: dict[str, tuple]) -> nn.Module:
-    cls = _converted_class(base, source, names)
-    return cls.__new__(cls)
 
 
 def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
@@ -590,6 +590,8 @@ def _reverted(module: nn.Module) -> nn.Module | None:
     """The spatial twin of a spectral module, or None if ``module`` is not spectral."""
     if isinstance(module, SpectralConv2d):
         return _to_conv(module)
+    if isinstance(module, Absorbed):
+        return module.restored()
     if isinstance(module, CompactMaxPool2d):
         return nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
     if isinstance(module, CompactAvgPool2d):
@@ -603,11 +605,13 @@ def _reverted(module: nn.Module) -> nn.Module | None:
 
 def revert(model: nn.Module) -> nn.Module:
     """Spectral layers back to ``nn.Conv2d`` (current weights, shared), compact pools back to
-    ``nn.MaxPool2d``, converted containers back to their own ``forward``; returns the model.
+    ``nn.MaxPool2d``, converted containers back to their own ``forward``, the modules
+    :class:`Absorbed` placeholders stand for back at their names; returns the model.
 
     What cannot be undone: the weights trained in the spectral domain stay as trained;
     BN and ReLU layers that a SpecNet conversion bypassed come back as they were before
-    it (their parameters did not train meanwhile); a ``SpectralSequential`` becomes an
+    it (their parameters did not train meanwhile), a BN a normalised layer absorbed with
+    its weight, bias and running statistics as the layer trained them; a ``SpectralSequential`` becomes an
     ``nn.Sequential`` of its convolutions without activations, a ``SpectralDenseBlock``
     is left as it is (it has no spatial twin), and density thresholds and running powers
     are dropped.

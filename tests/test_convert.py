@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import spectriton as st
+from spectriton.converted import Absorbed
 from spectriton.memory import saved_bytes
 
 torchvision = pytest.importorskip("torchvision")
@@ -135,7 +136,7 @@ def test_converted_model_is_an_ordinary_model(density):
     original = _torchvision("resnet18")
     model = st.convert(copy.deepcopy(original), density=density)
     block = model.layer1[0]
-    assert type(block).__name__ == "SpectralBasicBlock"
+    assert type(block).__name__ == "ConvertedBasicBlock"
     assert isinstance(block, torchvision.models.resnet.BasicBlock)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -167,14 +168,15 @@ def _vgg_like():
 
 def test_sequential_pattern_becomes_one_block_and_a_compact_pool():
     model = _vgg_like()
+    weight = model[1].weight
     st.convert(model, beta=0.5)
     assert isinstance(model[0], st.SpectralConv2d) and model[0].activation == "split_tanh"
     assert isinstance(model[3], st.SpectralConv2d) and model[3].activation == "split_tanh"
     assert isinstance(model[6], st.CompactMaxPool2d)
     assert isinstance(model[7], st.SpectralConv2d) and model[7].activation is None  # nothing after it
-    assert isinstance(model, nn.Sequential) and isinstance(model[1], nn.BatchNorm2d)  # kept, bypassed
-    assert model[0].affine and model[0]._norm is model[1]  # reads the BN's weight and bias
-    assert all(p.requires_grad for p in model[1].parameters())  # they train in the spectral layer
+    assert isinstance(model, nn.Sequential) and isinstance(model[1], Absorbed)  # its name kept
+    assert model[0].affine and model[0].norm.weight is weight  # holds the BN's weight and bias
+    assert all(p.requires_grad for p in model[0].norm.parameters())  # they train in the spectral layer
     report = saved_bytes(model, torch.randn(2, 3, 16, 16))
     assert "1" not in report.per_module and "2" not in report.per_module  # BN/ReLU no longer run
     pooled = []
@@ -383,3 +385,103 @@ def test_plan_and_convert_say_what_hooks_see():
         st.convert(model, beta=0.5)
     model(torch.randn(2, 3, 16, 16)).sum().backward()
     assert seen == ["SpectralFlow"]
+
+
+def _pretrained(name):
+    """A torchvision model whose BatchNorms carry statistics and affine of their own, as
+    pretrained ones do."""
+    model = _torchvision(name)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.2, 0.2)
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.num_batches_tracked.fill_(1000)
+    return model
+
+
+def _sgd_step(model, x):
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(x), torch.arange(len(x))).backward()
+    optimizer.step()
+
+
+def test_a_converted_resnet_holds_each_batchnorm_once_with_the_originals_state_dict():
+    """Issue 24: parameters() yields each BN weight and bias once (in the layer's norm),
+    state_dict has the original's keys, the original's loads strictly and is used; the
+    layers start from the BNs' own statistics; a copy trains independently."""
+    original = _pretrained("resnet18")
+    model = st.convert(_torchvision("resnet18"))
+    assert list(model.state_dict()) == list(original.state_dict())
+    ids = [id(p) for p in model.parameters()]
+    assert len(ids) == len(set(ids)) == len(list(original.parameters()))
+    model.load_state_dict(original.state_dict(), strict=True)
+    layer, bn = model.layer1[0].conv1, original.layer1[0].bn1
+    assert torch.equal(layer.norm.weight, bn.weight) and torch.equal(layer.norm.running_var, bn.running_var)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval()(x), st.convert(copy.deepcopy(original)).eval()(x), atol=0, rtol=0
+        )
+
+    twin = copy.deepcopy(model)
+    for trained, other in ((twin, model), (model, twin)):
+        before = [t.clone() for t in (*other.parameters(), *other.buffers())]
+        moved = [t.clone() for t in trained.parameters()]
+        _sgd_step(trained, x)
+        after = [*other.parameters(), *other.buffers()]
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(moved, trained.parameters()))
+        shown = trained.state_dict(keep_vars=True)["layer1.0.bn1.weight"]
+        assert shown is trained.layer1[0].conv1.norm.weight  # its own, not the other's
+
+
+def test_revert_gives_the_batchnorms_back_as_trained():
+    model = st.convert(_pretrained("resnet18"))
+    weight = model.layer1[0].conv1.norm.weight
+    _sgd_step(model, torch.randn(2, 3, 32, 32))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    st.revert(model)
+    bn = model.layer1[0].bn1
+    assert type(bn) is nn.BatchNorm2d and bn.weight is weight and weight.requires_grad
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], atol=0, rtol=0, msg=key)
+
+
+def test_a_printed_converted_resnet_shows_what_runs():
+    """Issue 24: every module of a converted ResNet-18 runs but the Absorbed placeholders at
+    the old names of the BatchNorms and ReLUs it absorbed (29 of them), which say so; the
+    converted Sequential is no SpectralSequential."""
+    model = st.convert(_torchvision("resnet18"))
+    ran = set()
+    for name, module in model.named_modules():
+        module.register_forward_hook(lambda *args, name=name: ran.add(name))
+    model(torch.randn(2, 3, 32, 32))
+    idle = {name: module for name, module in model.named_modules() if name not in ran}
+    assert all(isinstance(module, Absorbed) for module in idle.values())
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in idle.values())
+    assert len(idle) == 29 and "Absorbed(BatchNorm2d(64" in repr(model.layer1)
+    with pytest.raises(RuntimeError, match="runs no more"):
+        model.layer1[0].bn1(torch.randn(1, 64, 4, 4))
+    downsample = model.layer2[0].downsample
+    assert (
+        type(downsample).__name__ == "ConvertedSequential"
+        and type(downsample).__module__ == "spectriton.converted"
+    )
+    assert isinstance(downsample, nn.Sequential) and not isinstance(downsample, st.SpectralSequential)
+
+
+@pytest.mark.parametrize("statistics", ["pretrained", "fresh"])
+def test_an_uncalibrated_converted_model_evaluates_each_sample_alone(statistics):
+    """Issue 28: converted and evaluated before any training step, each layer normalises
+    with its BatchNorm's statistics (a fresh BN's: mean 0, variance 1), never the batch's.
+    beta 0 and complex64 values: no keep decision or rounding hangs on the batch's round-off."""
+    original = _pretrained("resnet18") if statistics == "pretrained" else _torchvision("resnet18")
+    model = st.convert(original, beta=0.0, value_dtype=torch.complex64).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        together, alone = model(x), torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)  # float32 round-off, 17 layers

@@ -10,6 +10,7 @@ from torch import nn
 
 import spectriton as st
 from spectriton.conv import run_layers
+from spectriton.converted import Absorbed
 
 
 class _Bottleneck(nn.Module):
@@ -76,7 +77,7 @@ def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
     assert "bottleneck of layer 1 of the dense block at stage" in rows["stage.units.1.squeeze"].reason
     assert rows["stage.units.1.grow"].action == "spectral layer"
     st.convert(model, beta=0.05)
-    assert type(model.stage).__name__ == "Spectral_DenseStage"
+    assert type(model.stage).__name__ == "Converted_DenseStage"
     assert all(
         isinstance(u.squeeze, st.SpectralConv2d) and isinstance(u.grow, st.SpectralConv2d)
         for u in model.stage.units
@@ -90,8 +91,9 @@ def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
     unit = model.stage.units[0]
     assert not any(p.requires_grad for p in unit.bn_a.parameters())  # pre-activation: bypassed
     # the bottleneck's own BatchNorm: its weight and bias are the layer's, and train
-    assert unit.squeeze.affine and unit.squeeze._norm is unit.bn_b
-    assert unit.bn_b.weight.grad.abs().sum() > 0 and unit.bn_b.bias.grad.abs().sum() > 0
+    assert unit.squeeze.affine and isinstance(unit.bn_b, Absorbed) and isinstance(unit.bn_a, Absorbed)
+    norm = unit.squeeze.norm
+    assert norm.weight.grad.abs().sum() > 0 and norm.bias.grad.abs().sum() > 0
 
 
 def test_a_converted_dense_block_pickles_and_reverts():
@@ -114,7 +116,7 @@ def test_the_spectral_dense_block_matches_its_layers_run_by_hand():
     exact values, the same as running each layer's block on the concatenated spatial maps."""
     torch.manual_seed(0)
     stage = st.convert(_DenseStage(kernel=1), beta=0.05, value_dtype=torch.complex64)
-    assert type(stage).__name__ == "Spectral_DenseStage"
+    assert type(stage).__name__ == "Converted_DenseStage"
     x = torch.randn(2, 4, 6, 6)
     features = [x]
     for unit in stage.units:
@@ -169,7 +171,7 @@ def test_timm_models_convert(name):
     loss.backward()
     assert torch.isfinite(loss)
     if name == "densenet121":
-        assert type(model.features.denseblock1).__name__ == "SpectralDenseBlock"
+        assert type(model.features.denseblock1).__name__ == "ConvertedDenseBlock"
 
 
 class _KeywordCalls(nn.Module):

@@ -39,7 +39,8 @@ def test_what_a_normalised_layer_keeps_does_not_depend_on_the_weights_scale():
 
 def test_running_moments_calibrate_on_the_first_batch_then_follow_with_momentum():
     layer = _layer(beta=0.5, bias=False)
-    assert torch.isnan(layer.running_moments).all()
+    initial = torch.tensor([[0.0], [1.0]]).expand(2, 5)  # BatchNorm's: uncalibrated
+    assert torch.equal(layer.running_moments, initial) and layer.norm.num_batches_tracked == 0
     x = torch.randn(4, 3, 8, 8)
     layer(x)
     first = layer.running_moments.clone()
@@ -87,7 +88,7 @@ def test_a_normalised_linear_layer_with_its_affine_is_batchnorm(stride):
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-1, 1)
     layer = st.SpectralConv2d.from_conv(conv, bn, value_dtype=torch.complex64).train()
-    assert layer.normalize and layer.affine and layer._norm is bn
+    assert layer.normalize and layer.affine and layer.norm.weight is bn.weight
     x = torch.randn(4, 3, 6, 6) + 1.0
     torch.testing.assert_close(layer(x), bn.train()(conv(x)), atol=1e-4, rtol=1e-4)
 
@@ -106,7 +107,7 @@ def test_affine_gradients_pass_gradcheck():
         layer.norm_bias.copy_(torch.tensor([0.2, -0.1, 0.0]))
 
     def f(weight, scale, shift):
-        params = {"weight": weight, "bias": layer.bias, "norm_weight": scale, "norm_bias": shift}
+        params = {"weight": weight, "bias": layer.bias, "norm.weight": scale, "norm.bias": shift}
         return torch.func.functional_call(layer, params, (x,))
 
     args = [p.detach().clone().requires_grad_() for p in (layer.weight, layer.norm_weight, layer.norm_bias)]
@@ -135,9 +136,10 @@ def test_convert_normalises_the_layers_that_absorb_a_batchnorm():
     rows = {r.name: r for r in st.plan(model)}
     assert "normalised" in rows["0"].reason and "normalised" not in rows["3"].reason
     assert "with its weight and bias" in rows["0"].reason
+    weight, bias = model[1].weight, model[1].bias
     st.convert(model)
     assert model[0].normalize and not model[3].normalize
-    assert model[0].affine and model[0]._norm is model[1]
+    assert model[0].affine and model[0].norm.weight is weight and model[0].norm.bias is bias
     bypassed = st.convert(
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()), normalize=False
     )
@@ -161,12 +163,12 @@ def test_a_zero_initialised_batchnorm_weight_is_left_out_until_loaded_otherwise(
     zeroed = _conv_bn()
     nn.init.zeros_(zeroed[1].weight)
     st.convert(zeroed)
-    assert zeroed[0].affine and zeroed[0]._scale_shift() is None
+    assert zeroed[0].affine and zeroed[0].norm.scale_shift() is None
     plain = st.convert(_conv_bn(), affine=False)
     plain.load_state_dict(zeroed.state_dict())
     torch.testing.assert_close(zeroed(x), plain(x), atol=0, rtol=0)
     zeroed(x).sum().backward()
-    assert zeroed[1].weight.requires_grad and zeroed[1].weight.grad is None  # not frozen, not read
+    assert zeroed[0].norm.weight.requires_grad and zeroed[0].norm.weight.grad is None  # not frozen, not read
 
     for assign in (False, True):  # pretrained weights loaded after converting are read
         model = st.convert(_conv_bn())
@@ -174,14 +176,15 @@ def test_a_zero_initialised_batchnorm_weight_is_left_out_until_loaded_otherwise(
         model.load_state_dict(pretrained.state_dict(), assign=assign)
         reference = st.convert(copy.deepcopy(pretrained))
         torch.testing.assert_close(model(x), reference(x), atol=0, rtol=0)
-        assert torch.equal(model[0]._scale_shift()[0], pretrained[1].weight)
+        assert torch.equal(model[0].norm.scale_shift()[0], pretrained[1].weight)
 
 
 def test_convert_works_on_the_meta_device():
     with torch.device("meta"):
         model = _conv_bn()
+    weight = model[1].weight
     st.convert(model)
-    assert model[0].weight.is_meta and model[0]._norm is model[1]
+    assert model[0].weight.is_meta and model[0].norm.weight is weight and weight.is_meta
 
 
 def test_bad_input():
@@ -191,3 +194,50 @@ def test_bad_input():
         st.SpectralConv2d(3, 5, 3, affine=True)
     with pytest.raises(TypeError, match="norm must be a BatchNorm"):
         st.SpectralConv2d.from_conv(nn.Conv2d(3, 5, 3), nn.LayerNorm(5))
+
+
+def test_from_conv_holds_its_batchnorm_as_a_submodule():
+    """The BN's weight and bias are the layer's parameters, once; a copy of the layer owns
+    a copy of them (it trains what it shows)."""
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    layer = st.SpectralConv2d.from_conv(conv, bn, activation="split_tanh")
+    named = dict(layer.named_parameters())
+    assert list(named) == ["weight", "bias", "norm.weight", "norm.bias"]
+    assert named["norm.weight"] is bn.weight and named["norm.bias"] is bn.bias
+    assert layer.norm.running_mean is bn.running_mean and layer.norm.running_var is bn.running_var
+    twin = copy.deepcopy(layer)
+    shared = {id(t) for t in (*layer.parameters(), *layer.buffers())}
+    assert not shared & {id(t) for t in (*twin.parameters(), *twin.buffers())}
+
+
+def test_the_layer_starts_from_its_batchnorms_running_statistics():
+    """Issue 28: converted before any training step (a pretrained model), eval mode uses the
+    BN's own statistics (as the grid's mean and variance), not the batch's."""
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.num_batches_tracked.fill_(100)
+    layer = st.SpectralConv2d.from_conv(conv, bn, activation="split_tanh", value_dtype=torch.complex64)
+    expected = torch.stack([bn.running_mean, bn.running_var + bn.running_mean.square()])
+    assert torch.equal(layer.running_moments, expected)
+    layer.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        together, alone = layer(x), torch.cat([layer(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)  # float32 round-off
+    layer.train()(x)  # calibrated already: a training step moves them by the momentum
+    assert layer.norm.num_batches_tracked == 101 and not torch.equal(layer.running_moments, expected)
+
+
+def test_a_layer_saved_before_its_norm_was_a_submodule_loads():
+    layer = _layer(beta=0.5, affine=True)
+    layer(torch.randn(2, 3, 8, 8))
+    state = {k: v for k, v in layer.state_dict().items() if not k.startswith("norm.")}
+    state.update(running_moments=layer.running_moments, norm_weight=layer.norm.weight + 1)
+    state.update(norm_bias=layer.norm.bias - 1)
+    fresh = _layer(beta=0.5, affine=True)
+    fresh.load_state_dict(state, strict=True)
+    torch.testing.assert_close(fresh.running_moments, layer.running_moments)
+    assert torch.equal(fresh.norm_weight, layer.norm.weight + 1)
+    assert torch.equal(fresh.norm_bias, layer.norm.bias - 1)
