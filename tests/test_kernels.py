@@ -12,6 +12,8 @@ from spectriton import reference as ref
 from spectriton.compressed import CompressedSpectrum
 
 kernels = pytest.importorskip("spectriton.kernels")
+# Every tensor here lives on DEVICE: on a CUDA machine these are the CUDA kernel tests.
+pytestmark = [pytest.mark.cuda] if DEVICE == "cuda" else []
 
 # (batch, channels, grid): odd sizes 7, 9, 33, the paper's grids (LeNet 32, VGG 34, 18), and
 # channel counts that are (33) and are not (3, 5) whole mask words per row.
