@@ -97,7 +97,8 @@ def _replay(item) -> None:
     if result["outcome"] == "skipped":
         pytest.skip(f"in the interpreter session: {result['text']}")
     if result["outcome"] != "passed":
-        pytest.fail(f"in the interpreter session (TRITON_INTERPRET=1, no GPU):\n{result['text']}", pytrace=False)
+        where = "in the interpreter session (TRITON_INTERPRET=1, no GPU)"
+        pytest.fail(f"{where}:\n{result['text']}", pytrace=False)
 
 
 def _run_interpreted(nodeids: list[str], config) -> None:

@@ -5,15 +5,14 @@ no GPU, to show that the suite has no failure caused by the machine having one:
 
 It is loaded before ``tests/conftest.py`` is imported, so everything the suite decides from
 that answer (``conftest.DEVICE``, the ``skipif`` marks, where the Triton kernels run)
-decides as on a GPU machine (torch's own modules keep the real answer). What it cannot give is a CUDA tensor: torch raises "Torch not
-compiled with CUDA enabled" at the first one. The tests that need one are skipped here:
-those marked ``cuda`` (``tests/conftest.py`` also marks every test parametrized on the
-device ``"cuda"``, and all of test_kernels.py, whose tensors live on ``DEVICE``). That is
-the whole rule, and it is meant to be checkable: a test that makes a CUDA tensor without
-the mark fails in this mode with torch's error, which says the mark is missing (it would
-also fail on a CPU-only machine that skips nothing). Subprocesses start with the real
-answer; the interpreter session that ``tests/conftest.py`` starts on a GPU machine hides
-the GPU anyway.
+decides as on a GPU machine; torch's own modules keep the real answer. What it cannot give
+is a CUDA tensor: torch raises "Torch not compiled with CUDA enabled" at the first one.
+The tests that need one are skipped here: those marked ``cuda`` (``tests/conftest.py``
+also marks every test parametrized on the device ``"cuda"``, and test_kernels.py marks
+itself, its tensors living on ``DEVICE``). That is the whole rule, and it can be checked:
+a test that makes a CUDA tensor without the mark fails in this mode with torch's error,
+which says the mark is missing. Subprocesses start with the real answer; the interpreter
+session that ``tests/conftest.py`` starts on a GPU machine hides the GPU anyway.
 """
 
 import sys
