@@ -59,8 +59,7 @@ def _needs_interpreter(item) -> bool:
         return False
     if item.get_closest_marker("interpreter"):
         return True
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "triton" in callspec.params.values():
+    if "triton" in _string_params(item):
         return True
     function = getattr(item, "function", None)
     if function is None:
@@ -72,10 +71,14 @@ def _needs_interpreter(item) -> bool:
     return '"triton"' in body and "SPECTRITON_BACKEND" in module
 
 
-def _on_cuda(item) -> bool:
+def _string_params(item) -> list[str]:
     callspec = getattr(item, "callspec", None)
     values = callspec.params.values() if callspec is not None else ()
-    return any(v == "cuda" or (isinstance(v, torch.device) and v.type == "cuda") for v in values)
+    return [str(v) if isinstance(v, torch.device) else v for v in values if isinstance(v, (str, torch.device))]
+
+
+def _on_cuda(item) -> bool:
+    return "cuda" in _string_params(item)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m reads the marks
