@@ -86,10 +86,12 @@ def cases(tiny: bool, device: torch.device):
     for channels, side in TINY_LAYERS if tiny else LAYERS:
         shape = f"B{batch} C{channels} {side}x{side} 3x3"
         for form in ("spec", "cudnn"):
+
             def make(channels=channels, side=side, form=form):
                 torch.manual_seed(0)
                 if form == "spec":
-                    layer = st.SpectralConv2d(channels, channels, 3, padding=1, beta=0.5, activation="split_tanh")
+                    options = dict(beta=0.5, activation="split_tanh")
+                    layer = st.SpectralConv2d(channels, channels, 3, padding=1, **options)
                 else:
                     layer = nn.Conv2d(channels, channels, 3, padding=1)
                 x = torch.randn(batch, channels, side, side, device=device)
@@ -99,6 +101,7 @@ def cases(tiny: bool, device: torch.device):
     name = "lenet5" if tiny else "vgg16"
     size = models.input_size(name)
     for form in ("spec", "spatial", "checkpoint"):
+
         def make(form=form):
             torch.manual_seed(0)
             model = models.build(name, spectral=form == "spec")
@@ -110,6 +113,7 @@ def cases(tiny: bool, device: torch.device):
     side = 16 if tiny else 32
     resnet_batch = 1 if tiny else batch
     for form in ("converted", "original"):
+
         def make(form=form):
             import torchvision
 
@@ -144,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             row["error"] = f"{type(error).__name__}: {error}"
             failed = 1
         rows.append(row)
-        peak = row.get("peak_bytes")
+        peak = "" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / 2**20:.0f}"
         ms = f"{row['median_ms']:.3g}" if "median_ms" in row else row["error"][:80]
-        print(f"| {case} | {form} | {shape} | {ms} | {'' if peak is None else f'{peak / 2**20:.0f}'} |", flush=True)
+        print(f"| {case} | {form} | {shape} | {ms} | {peak} |", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     return failed

@@ -74,7 +74,7 @@ def _needs_interpreter(item) -> bool:
 def _string_params(item) -> list[str]:
     callspec = getattr(item, "callspec", None)
     values = callspec.params.values() if callspec is not None else ()
-    return [str(v) if isinstance(v, torch.device) else v for v in values if isinstance(v, (str, torch.device))]
+    return [v if isinstance(v, str) else str(v) for v in values if isinstance(v, (str, torch.device))]
 
 
 def _on_cuda(item) -> bool:
