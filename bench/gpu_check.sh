@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317  # the stage functions are called by name: "stage_$name"
+# shellcheck disable=SC2317,SC2329  # the stage functions are called by name: "stage_$name"
 # The one command for a lent GPU: see usage below.
 set -euo pipefail
 
@@ -65,7 +65,7 @@ while (($#)); do
 	--rehearse) rehearse=1 ;;
 	--out | --budget)
 		(($# >= 2)) || die "$1 needs a value"
-		[[ $1 == --out ]] && out=$2 || budget=$2
+		if [[ $1 == --out ]]; then out=$2; else budget=$2; fi
 		shift
 		;;
 	--out=*) out=${1#--out=} ;;
@@ -76,7 +76,9 @@ while (($#)); do
 done
 [[ -n $out ]] || die "no output folder: pass --out DIR or set OUT"
 [[ $out == /* ]] || out=$PWD/$out
-[[ $budget =~ ^[0-9]+$ ]] && ((budget >= 30)) || die "--budget must be a whole number of seconds >= 30"
+if [[ ! $budget =~ ^[0-9]+$ ]] || ((budget < 30)); then
+	die "--budget must be a whole number of seconds >= 30"
+fi
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -240,7 +242,10 @@ stage_report() {
 		echo "## Profile (profile.txt)"
 		echo
 		grep -E '^step ' "$out/profile.txt" | sed 's/^/    /' || true
-		ls "$out"/profile.nsys-rep "$out"/profile.json.gz 2>/dev/null | sed 's|.*/|    trace: |' || true
+		local trace
+		for trace in "$out"/profile.nsys-rep "$out"/profile.json.gz; do
+			[[ ! -e $trace ]] || echo "    trace: ${trace##*/}"
+		done
 	} >"$out/report.md"
 }
 
