@@ -111,7 +111,6 @@ def cases(tiny: bool, device: torch.device):
 
         yield f"{name} step", form, f"B{batch} 1x{size}x{size}", make
     side = 16 if tiny else 32
-    resnet_batch = 1 if tiny else batch
     for form in ("converted", "original"):
 
         def make(form=form):
@@ -120,11 +119,11 @@ def cases(tiny: bool, device: torch.device):
             torch.manual_seed(0)
             model = torchvision.models.resnet18(num_classes=10)
             model = st.convert(model) if form == "converted" else model
-            x = torch.randn(resnet_batch, 3, side, side, device=device)
-            y = torch.randint(0, 10, (resnet_batch,), device=device)
+            x = torch.randn(batch, 3, side, side, device=device)
+            y = torch.randint(0, 10, (batch,), device=device)
             return training_step(model.to(device), x, y)
 
-        yield "resnet18 step", form, f"B{resnet_batch} 3x{side}x{side}", make
+        yield "resnet18 step", form, f"B{batch} 3x{side}x{side}", make
 
 
 def main(argv: list[str] | None = None) -> int:
