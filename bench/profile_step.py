@@ -6,7 +6,10 @@
 The first ``--steps - 1`` steps are warmup (Triton compiles and autotunes there); the
 last one runs between ``cudaProfilerStart`` and ``cudaProfilerStop`` inside NVTX ranges
 ``step``, ``step.forward``, ``step.backward`` and ``step.optimizer`` (spectriton adds its
-own ``spectriton.*`` ranges inside). On CPU the same steps run, unprofiled.
+own ``spectriton.*`` ranges inside). On CPU the same steps run, unprofiled. Where no
+Nsight Systems works, ``--trace FILE`` profiles the last step with ``torch.profiler``
+instead (CPU and CUDA): a Chrome trace (gzipped if FILE ends in .gz, for
+https://ui.perfetto.dev) and a table of the ops that took the most time.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2, help="steps in all; the last one is profiled")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trace", help="profile the last step with torch.profiler, Chrome trace here")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.steps < 1:
         parser.error("--batch and --steps must be positive")
@@ -68,17 +72,29 @@ def main(argv: list[str] | None = None) -> int:
             if profiled:
                 torch.cuda.profiler.start()
         start = time.perf_counter()
-        step(model, optimizer, x, y, cuda)
-        if cuda:
-            torch.cuda.synchronize(device)
-            if profiled:
-                torch.cuda.profiler.stop()
+        with _torch_profiler(cuda) if profiled and args.trace else contextlib.nullcontext() as profiler:
+            step(model, optimizer, x, y, cuda)
+            if cuda:
+                torch.cuda.synchronize(device)
+        if cuda and profiled:
+            torch.cuda.profiler.stop()
         kind = ("profiled" if cuda else "last") if profiled else "warmup"
         line = f"step {i} ({kind}): {1e3 * (time.perf_counter() - start):.1f} ms"
         if cuda:
             line += f", peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
         print(line, flush=True)
+    if args.trace:
+        profiler.export_chrome_trace(args.trace)
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=key, row_limit=25), flush=True)
     return 0
+
+
+def _torch_profiler(cuda: bool):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities, record_shapes=True)
 
 
 if __name__ == "__main__":

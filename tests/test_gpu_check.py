@@ -1,8 +1,10 @@
-"""The GPU tooling, checked where there is no GPU: bench/gpu_check.sh's interface (it runs
-nothing real here), bench/report.py's tables and bench/profile_step.py on CPU."""
+"""The GPU tooling, checked where there is no GPU: bench/gpu_check.sh's interface and its
+CPU rehearsal, the test suite with a GPU pretended (tests/pretend_cuda.py),
+bench/report.py's tables and bench/profile_step.py on CPU."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,12 +14,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-STAGES = ("env", "tests", "bench", "profile", "kernels", "report")
+STAGES = ("env", "tests", "timings", "profile", "report")
 
 
-def _script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _script(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "OUT"} if env is None else env
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def _budgets(stdout: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"^gpu_check: (\w+): budget (\d+) s -> ", stdout, re.M)}
 
 
 def test_script_parses():
@@ -33,7 +41,7 @@ def test_shellcheck_is_clean():
 def test_help_lists_the_options():
     result = _script("--help")
     assert result.returncode == 0
-    for option in ("--out", "--quick", "--dry-run", "--help"):
+    for option in ("--out", "--budget", "--quick", "--rehearse", "--dry-run", "--help"):
         assert option in result.stdout
 
 
@@ -41,10 +49,27 @@ def test_dry_run_prints_every_stage_and_creates_nothing(tmp_path):
     out = tmp_path / "out"
     result = _script("--dry-run", "--quick", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    for stage in STAGES:
-        assert f"\n{stage} (" in "\n" + result.stdout
-    assert "pytest" in result.stdout and "--quick" in result.stdout and "profile_step.py" in result.stdout
+    assert list(_budgets(result.stdout)) == list(STAGES)
+    assert "-m cuda --ignore=tests/test_bench_suites.py" in result.stdout
+    assert "gpu_timings.py" in result.stdout and "--rounds 3" in result.stdout
+    assert "profile_step.py" in result.stdout and "--trace" in result.stdout
+    assert "pretend_cuda" not in result.stdout and "TRITON_INTERPRET" not in result.stdout
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("budget", [None, "100"])
+def test_budgets_fit_the_whole_budget(tmp_path, budget):
+    """Under 7 minutes by default, each stage's command cut before its budget ends."""
+    args = ("--dry-run", "--out", str(tmp_path)) + (("--budget", budget) if budget else ())
+    budgets = _budgets(_script(*args).stdout)
+    assert sum(budgets.values()) <= int(budget or 420) and budgets["tests"] > budgets["report"]
+
+
+def test_dry_run_rehearsal_pretends_cuda_and_interprets_the_kernels(tmp_path):
+    result = _script("--dry-run", "--rehearse", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "-p tests.pretend_cuda" in result.stdout and "TRITON_INTERPRET=1" in result.stdout
+    assert "--tiny" in result.stdout and "--device cpu" in result.stdout
 
 
 def test_dry_run_takes_out_from_the_environment(tmp_path):
@@ -52,7 +77,9 @@ def test_dry_run_takes_out_from_the_environment(tmp_path):
     assert result.returncode == 0 and f"{tmp_path}/o/report.md" in result.stdout
 
 
-@pytest.mark.parametrize("args", [("--bogus",), ("--dry-run", "--out")])
+@pytest.mark.parametrize(
+    "args", [("--bogus",), ("--dry-run", "--out"), ("--dry-run", "--out", "o", "--budget", "soon")]
+)
 def test_bad_options_exit_2_with_one_line(args):
     result = _script(*args)
     assert result.returncode == 2
@@ -62,6 +89,50 @@ def test_bad_options_exit_2_with_one_line(args):
 def test_no_output_folder_exits_2():
     result = _script("--dry-run")
     assert result.returncode == 2 and "--out" in result.stderr
+
+
+def test_rehearsal_runs_every_stage_on_cpu_and_leaves_its_files(tmp_path):
+    """The whole script on CPU within 80 s. A stage may run out of its budget on a loaded
+    machine (what it wrote so far stays); none may fail."""
+    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}
+    result = _script("--rehearse", "--budget", "80", "--out", str(tmp_path), env=env, timeout=150)
+    assert list(_budgets(result.stdout)) == list(STAGES)
+    outcomes = dict(
+        re.findall(r"^gpu_check: (\w+): (ok|TIMEOUT|FAILED \(exit \d+\)), \d+ s$", result.stdout, re.M)
+    )
+    assert list(outcomes) == list(STAGES) and "FAILED" not in result.stdout, result.stdout
+    assert result.returncode == (0 if set(outcomes.values()) == {"ok"} else 1)
+    for name in ("env.txt", "tests.txt", "timings.txt", "profile.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "CUDA available: False" in (tmp_path / "env.txt").read_text()
+    assert "torch.cuda.is_available() is pretended" in (tmp_path / "tests.txt").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"| {stage} |" in report for stage in STAGES[:-1]) and "REHEARSAL" in report
+    if (tmp_path / "timings.json").exists():  # written after its first row
+        rows = json.loads((tmp_path / "timings.json").read_text())
+        assert rows[0]["case"] == "vgg layer" and rows[0]["form"] == "spec" and rows[0]["median_ms"] > 0
+
+
+def test_with_a_gpu_pretended_triton_tests_on_cpu_tensors_run_interpreted():
+    """On a GPU machine TRITON_INTERPRET stays unset for the CUDA kernels; a test that forces
+    the Triton backend on CPU tensors then runs in the interpreter subprocess
+    (tests/conftest.py) and passes, where in-process it would raise from backend.py."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    node = "tests/test_numerics.py::test_threshold_decision_is_exact_far_from_float32_range[triton-usual]"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "tests.pretend_cuda",
+        node,
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "1 passed" in result.stdout
 
 
 def _report(*args: str) -> subprocess.CompletedProcess:
