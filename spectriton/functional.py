@@ -152,8 +152,8 @@ def spectral_layer(
     names, named = to_named(optional)
     values, mask, offsets, used, batch_moments = layer(
         spec.encode(), weight, bias, [s.values for s in sources], [s.mask for s in sources],
-        [s.offsets for s in sources], named, names=names, geometry=crop.to_args(), batch=first.batch,
-        recipe=recipe.args.encode() if rebuild else [],
+        [s.offsets for s in sources], named, names=names, beta=spec.beta, density=spec.density,
+        geometry=crop.to_args(), batch=first.batch, recipe=recipe.args.encode() if rebuild else [],
     )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, geom, first.dtype, used,

@@ -39,7 +39,8 @@ def _layer_args(compressed_source: bool, density=None, power=None, residual=Fals
     scale_shift = torch.randn(2, 4, requires_grad=True) if affine else None
     names, named = to_named({"moments": power, "affine": scale_shift, "residual": spectrum})
     args = (spec.encode(), weight, bias, [flow.values], [flow.mask], [flow.offsets], named)
-    return args, {"names": names, "geometry": geom.to_args(), "batch": 2, "recipe": []}
+    numbers = {"beta": spec.beta, "density": spec.density}
+    return args, {"names": names, **numbers, "geometry": geom.to_args(), "batch": 2, "recipe": []}
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
@@ -153,3 +154,14 @@ def test_speclenet_compiles_with_inductor(device):
     torch.manual_seed(0)
     x, y = _batch()
     _compare_compiled(models.lenet5(spectral=True).to(device), x.to(device), y.to(device), backend="inductor")
+
+
+def test_a_second_batch_size_recompiles_whole():
+    """The layer spec holds no size that follows the input (those travel as plain op
+    arguments), so a new batch size compiles again, whole, rather than failing."""
+    torch.manual_seed(0)
+    model = models.lenet5(spectral=True, beta=0.5)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for n in (8, 5):
+        x, _ = _batch(n=n)
+        torch.testing.assert_close(compiled(x), model(x))

@@ -19,7 +19,7 @@ GEOM = BlockGeometry(size=(7, 9), grid=(9, 11), offset=(2, 1), full=(7, 9), stri
     ids=["plain", "every-field"],
 )
 def test_layer_spec_decodes_to_itself(spec):
-    assert LayerSpec.decode(spec.encode()) == spec
+    assert LayerSpec.decode(spec.encode(), spec.beta, spec.density) == spec
 
 
 @pytest.mark.parametrize("pool", [None, ((3, 3), (2, 2), (1, 1))], ids=["no-pool", "pool"])

@@ -5,12 +5,13 @@ tanh and compaction; returns the packed values, bitmask and offsets of a
 :class:`~spectriton.compressed.CompressedSpectrum`, the threshold used and a normalised
 layer's batch moments. Its gradient is :mod:`spectriton.ops.layer_backward`'s op.
 
-The tensors that get gradients are positional; the others (masks, offsets, running
-threshold and moments, recipe) are keyword-only. Backward keeps, through
-``ctx.save_for_backward``, only what DESIGN.md section 3 allows: the weight, the sources
-(the block's spatial input, or that input's recipe when an earlier block made it, or an
-earlier layer's compressed output, whose storages count once), the output's mask and
-offsets, and its values when split tanh needs them.
+Tensors are positional (``torch.library`` takes no keyword-only tensor): the weight and
+bias, the sources' values, masks and offsets, and the optional tensors in one list named
+by a string; the rest is keyword-only, and backward looks every gradient up by name. It
+keeps, through ``ctx.save_for_backward``, only what DESIGN.md section 3 allows: the
+weight, the sources (the block's spatial input, or that input's recipe when an earlier
+block made it, or an earlier layer's compressed output, whose storages count once), the
+output's mask and offsets, and its values when split tanh needs them.
 """
 
 import math
@@ -45,13 +46,15 @@ def layer(
     named: list[Tensor],
     *,
     names: str,
+    beta: float,
+    density: Optional[float],
     geometry: list[int],
     batch: int,
     recipe: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer on the spectral grid; returns ``(values, mask, offsets, threshold, moments)``.
 
-    ``spec`` is a :class:`LayerSpec` (encoded), ``geometry`` the block's
+    ``spec``, ``beta`` and ``density`` are a :class:`LayerSpec`, ``geometry`` the block's
     :class:`~spectriton.geometry.BlockGeometry` (as :meth:`~BlockGeometry.to_args`; a
     strided layer's crop) and ``batch`` its batch size. Each source is ``(inputs[s],
     masks[s], offsets[s])``: a spatial batch (mask None) or an earlier layer's compressed
@@ -72,7 +75,7 @@ def layer(
     - ``rebuild<i>``, with the integers ``recipe``: the recipe of the spatial source
       ``inputs[0]`` (:mod:`spectriton.provenance`), which backward keeps instead of it.
     """
-    cfg, geom = LayerSpec.decode(spec), BlockGeometry.from_args(geometry)
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     optional = from_named(names, named)
     running, moments, affine, residual = (
         optional.get(n) for n in ("running", "moments", "affine", "residual")
@@ -149,8 +152,8 @@ def _dense_product(ops, weight, bias, cfg, geom, batch, real, sources) -> Tensor
 
 
 @layer.register_fake
-def _(spec, weight, bias, inputs, masks, offsets, named, *, names, geometry, batch, recipe):
-    cfg, geom = LayerSpec.decode(spec), BlockGeometry.from_args(geometry)
+def _(spec, weight, bias, inputs, masks, offsets, named, *, names, beta, density, geometry, batch, recipe):
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     out_channels, bins = weight.shape[0], math.prod(transforms.half(cfg.out_grid(geom)))
     nnz = torch.library.get_ctx().new_dynamic_size()
     values = weight.new_empty(nnz, 2, dtype=cfg.value_dtype or compute_dtype(weight, *inputs))
@@ -177,12 +180,13 @@ def _setup_layer(ctx, inputs, keyword_only_inputs, output) -> None:
     moments, sources = optional.get("moments"), list(args["inputs"])
     rebuild = [tensor for name, tensor in optional.items() if name.startswith("rebuild")]
     ctx.spec, ctx.names, ctx.geometry = args["spec"], args["names"], args["geometry"]
-    ctx.batch = args["batch"]
+    ctx.batch, ctx.numbers = args["batch"], {"beta": args["beta"], "density": args["density"]}
     ctx.sources, ctx.recipe, ctx.source_dtype = len(sources), args["recipe"], sources[0].dtype
     used = None if moments is None else moments_used(moments, batch_moments)
     if rebuild:
         sources[0] = None  # kept as its recipe
-    keep = values if LayerSpec.decode(args["spec"]).activation else None  # split tanh's derivative reads them
+    cfg = LayerSpec.decode(args["spec"], args["beta"], args["density"])
+    keep = values if cfg.activation else None  # split tanh's derivative reads them
     ctx.save_for_backward(
         args["weight"], args["bias"], keep, mask, out_offsets, used, optional.get("affine"),
         *sources, *args["masks"], *args["offsets"], *rebuild,
@@ -198,7 +202,7 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _g
         sources[0] = rebuild_input(list(rebuild), RecipeArgs.decode(ctx.recipe), ctx.source_dtype)
     wanted = dict(zip(_POSITIONAL, ctx.needs_input_grad))
     wanted |= {f"inputs.{i}": need for i, need in enumerate(wanted["inputs"])}
-    wanted |= {name: need for name, need in from_named(ctx.names, wanted["named"]).items()}
+    wanted |= from_named(ctx.names, wanted["named"])
     names = gradient_names(count)
     needs = [name for name in names if wanted.get(name, False)]
     saved_names, saved_named = to_named(
@@ -206,7 +210,8 @@ def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _g
     )
     grads = layer_backward(
         ctx.spec, grad_values, saved["weight"], saved["bias"], sources, list(masks), list(offsets),
-        saved_named, names=saved_names, geometry=ctx.geometry, batch=ctx.batch, needs=",".join(needs),
+        saved_named, names=saved_names, **ctx.numbers, geometry=ctx.geometry, batch=ctx.batch,
+        needs=",".join(needs),
     )  # fmt: skip
     grad = {name: g for name, g in zip(names, grads) if name in needs}
     grad["inputs"] = [grad.get(f"inputs.{i}") for i in range(count)]

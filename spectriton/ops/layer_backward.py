@@ -41,6 +41,8 @@ def layer_backward(
     named: list[Tensor],
     *,
     names: str,
+    beta: float,
+    density: Optional[float],
     geometry: list[int],
     batch: int,
     needs: str,
@@ -49,8 +51,9 @@ def layer_backward(
     ``needs`` (comma-separated names) asks for it. ``named`` holds, named by ``names``
     (:func:`~spectriton.ops.spec.to_named`), the layer's output ``mask`` and ``offsets``,
     its ``values`` (split tanh only), the ``moments`` a normalised layer used and its
-    ``affine``; the other arguments are the layer's."""
-    cfg, geom = LayerSpec.decode(spec), BlockGeometry.from_args(geometry)
+    ``affine``; the other arguments are the layer's (``beta`` and ``density`` complete
+    its spec)."""
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     saved = from_named(names, named)
     values, out_mask, out_offsets, moments, affine = (
         saved.get(name) for name in ("values", "mask", "offsets", "moments", "affine")
@@ -146,9 +149,10 @@ def _layer_backward(
 
 
 @layer_backward.register_fake
-def _(spec, grad_values, weight, bias, inputs, masks, offsets, named, *, names, geometry, batch, needs):
+def _(spec, grad_values, weight, bias, inputs, masks, offsets, named, *, names, beta, density, geometry,
+      batch, needs):  # fmt: skip
     affine = from_named(names, named).get("affine")
-    cfg, geom = LayerSpec.decode(spec), BlockGeometry.from_args(geometry)
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     bins = math.prod(transforms.half(cfg.out_grid(geom)))
     complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
     likes = {

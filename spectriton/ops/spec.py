@@ -12,6 +12,8 @@ from torch import Tensor
 
 from spectriton.geometry import BlockGeometry
 
+NUMBERS = ("beta", "density")  # the fields that travel as float op arguments, not in the string
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -25,8 +27,9 @@ class LayerSpec:
     and split tanh act on the spectrum of that output, on a grid of the output's size, so
     that the layer keeps what its output needs, not a spectrum ``stride**2`` times larger.
 
-    The sizes that follow the input (the block's geometry and the batch) travel beside the
-    spec as plain op arguments, so that the compiler may keep them symbolic.
+    The op arguments are :meth:`encode`'s string plus ``beta`` and ``density`` (the floats,
+    :data:`NUMBERS`), and the sizes that follow the input (the block's geometry, the batch):
+    those travel as plain op arguments, so that the compiler may keep them symbolic.
     """
 
     kernel: tuple[int, int]
@@ -41,21 +44,20 @@ class LayerSpec:
     strided: bool = False
 
     def encode(self) -> str:
-        """The spec as the ops' ``spec`` argument: its fields by name (:meth:`decode` reads it)."""
-        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        fields["value_dtype"] = (
-            None if self.value_dtype is None else str(self.value_dtype).removeprefix("torch.")
-        )
+        """The ops' ``spec`` argument: the fields but :data:`NUMBERS`, by name."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NUMBERS}
+        dtype = self.value_dtype
+        fields["value_dtype"] = None if dtype is None else str(dtype).removeprefix("torch.")
         return repr(fields)
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
-    def decode(text: str) -> "LayerSpec":
-        """The spec back from :meth:`encode`."""
+    def decode(text: str, beta: float, density: float | None) -> "LayerSpec":
+        """The spec back from :meth:`encode` and the ops' ``beta`` and ``density``."""
         fields = ast.literal_eval(text)
         if fields["value_dtype"] is not None:
             fields["value_dtype"] = getattr(torch, fields["value_dtype"])
-        return LayerSpec(**fields)
+        return LayerSpec(beta=beta, density=density, **fields)
 
     def cropped(self, geom: BlockGeometry) -> BlockGeometry | None:
         """The crop a strided layer's product is read with, ``geom`` (None: not strided)."""
