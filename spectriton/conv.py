@@ -12,10 +12,11 @@ import warnings
 import torch
 from torch import nn
 
-from spectriton import _checks, custom_ops, provenance, transforms
+from spectriton import _checks, provenance, transforms
 from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
 from spectriton.geometry import LayerShape, block_geometry
 from spectriton.norm import MOMENTUM, SpectralNorm
+from spectriton.ops.rebuild import rebuild_input
 from spectriton.recompute import recomputed
 
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
@@ -461,7 +462,7 @@ class _Kept:
         if self.recipe is None:
             return parts[0]
         with torch.no_grad():  # the replay saves what its forward saved, no more
-            y = custom_ops.rebuild_input(list(parts), list(self.recipe.args), self.dtype)
+            y = rebuild_input(list(parts), self.recipe.args, self.dtype)
         y.requires_grad_(self.requires_grad)
         provenance.record(y, self.recipe.rebind(list(parts)))
         return y

@@ -1,4 +1,4 @@
-"""The functional API of a spectral block, on the ops of :mod:`spectriton.custom_ops`.
+"""The functional API of a spectral block, on the ops of :mod:`spectriton.ops`.
 
 A block is ``FFT -> [product -> threshold -> split tanh] x n -> IFFT -> crop``. Between
 layers the spectrum flows compressed, as a :class:`SpectralFlow`: each layer is one
@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from spectriton import _checks, custom_ops, provenance, transforms
-from spectriton.custom_ops import LayerConfig
+from spectriton import _checks, provenance, transforms
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
+from spectriton.nonfinite import mark_nonfinite, nonfinite_samples
+from spectriton.numerics import compute_dtype
+from spectriton.ops.layer import layer
+from spectriton.ops.output import output
+from spectriton.ops.spec import LayerSpec, to_named
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,7 @@ class SpectralFlow:
         geom = block_geometry(shapes, (x.shape[-2], x.shape[-1]))
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # which samples hold a NaN or Inf: their outputs are made NaN, since split tanh would
-        # saturate an infinite spectral entry to a finite one
-        nonfinite = ~torch.isfinite(x.detach()).flatten(1).all(1)
+        nonfinite = nonfinite_samples(x)  # their outputs are made NaN
         recipe = provenance.lookup(x)  # an earlier block's output: keep its recipe instead
         return cls(
             x, None, None, x.shape[0], x.shape[1], (0, 0), geom, x.dtype,
@@ -115,16 +117,14 @@ def spectral_layer(
     shifts = tuple(
         (target[0] - padding[0] - s.offset[0], target[1] - padding[1] - s.offset[1]) for s in sources
     )
-    geom, crop = first.geom, ()
-    if tuple(stride) != (1, 1):  # the output's spectrum, on a grid of its size: read with no crop after this
+    geom = first.geom
+    crop = BlockGeometry(geom.size, geom.grid, target, geom.full, geom.stride)  # what a stride crops
+    strided = tuple(stride) != (1, 1)
+    if strided:  # the output's spectrum, on a grid of its size: read with no crop after this
         if tuple(stride) != geom.stride:
             raise ValueError(f"only a block's last layer may have a stride ({geom.stride}), got {stride}")
-        crop = (*target, *geom.full, *geom.stride)
-        geom, target = BlockGeometry(geom.size, geom.grid, target, geom.full, geom.stride).of_output(), (0, 0)
-    cfg = LayerConfig(
-        grid=first.geom.grid,
-        size=first.geom.size,
-        batch=first.batch,
+        geom, target = crop.of_output(), (0, 0)
+    spec = LayerSpec(
         kernel=transforms.spread(weight.shape[2:], dilation),
         beta=beta,
         activation=activation == "split_tanh",
@@ -134,7 +134,7 @@ def spectral_layer(
         density=density,
         groups=groups,
         dilation=tuple(dilation),
-        crop=crop,
+        strided=strided,
     )
     spectrum = None
     if residual is not None:
@@ -146,16 +146,20 @@ def spectral_layer(
                 f"got {tuple(residual.shape)}"
             )
         residual = residual.expand(expected)  # as the add it stands for broadcasts it
-        spectrum = transforms.place_spectrum(residual.to(custom_ops.compute_dtype(residual, weight)), placed)
-    rebuild = first.recipe.tensors() if first.mask is None and first.recipe is not None else None
-    rebuild_args = list(first.recipe.args) if rebuild else []
-    values, mask, offsets, used, batch_moments = custom_ops.layer(
-        weight, bias, [s.values for s in sources], [s.mask for s in sources], [s.offsets for s in sources],
-        *cfg.op_args(), running, moments, affine, spectrum, rebuild or [], rebuild_args,
+        spectrum = transforms.place_spectrum(residual.to(compute_dtype(residual, weight)), placed)
+    recipe = first.recipe if first.mask is None else None
+    rebuild = recipe.tensors() if recipe is not None else None
+    optional = {"running": running, "moments": moments, "affine": affine, "residual": spectrum}
+    optional |= {f"rebuild{i}": part for i, part in enumerate(rebuild or [])}
+    names, named = to_named(optional)
+    values, mask, offsets, used, batch_moments = layer(
+        spec.encode(), weight, bias, [s.values for s in sources], [s.mask for s in sources],
+        [s.offsets for s in sources], named, names=names, beta=spec.beta, density=spec.density,
+        geometry=crop.to_args(), batch=first.batch, recipe=recipe.args.encode() if rebuild else [],
     )  # fmt: skip
     return SpectralFlow(
         values, mask, offsets, first.batch, weight.shape[0], target, geom, first.dtype, used,
-        first.memory_format, first.nonfinite, keeps_values=cfg.activation,
+        first.memory_format, first.nonfinite, keeps_values=spec.activation,
         moments=batch_moments if moments is not None else None,
     )  # fmt: skip
 
@@ -171,16 +175,15 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     if dtype == torch.float32 and torch.is_autocast_enabled(device):  # as nn.Conv2d under autocast
         dtype = torch.get_autocast_dtype(device)
     channels_last = flow.memory_format == torch.channels_last
-    geometry = custom_ops.geometry_args(geom)
-    y = custom_ops.output(
-        flow.values, flow.mask, flow.offsets, flow.batch, flow.channels, geometry, dtype, channels_last,
-        flow.keeps_values,
+    y = output(
+        flow.values, flow.mask, flow.offsets, batch=flow.batch, channels=flow.channels,
+        geometry=geom.to_args(), dtype=dtype, channels_last=channels_last, keep_values=flow.keeps_values,
     )  # fmt: skip
     if flow.nonfinite is None:
         return y
-    y = custom_ops.mark_nonfinite(y, flow.nonfinite)  # split tanh saturates an infinite entry
+    y = mark_nonfinite(y, flow.nonfinite)  # split tanh saturates an infinite entry
     if flow.keeps_values and torch.is_grad_enabled():  # the next block may keep this recipe instead of y
-        args = (flow.batch, flow.channels, *geometry, int(channels_last))
+        args = provenance.RecipeArgs(flow.batch, flow.channels, geom, channels_last)
         provenance.record(y, provenance.Recipe.of(flow.values, flow.mask, flow.offsets, flow.nonfinite, args))
     return y
 

@@ -55,6 +55,17 @@ class BlockGeometry:
     def strided(self) -> bool:
         return self.stride != (1, 1)
 
+    def to_args(self) -> list[int]:
+        """The geometry as ten integers (an op's ``geometry`` argument): size, grid, offset,
+        full and stride, rows then columns."""
+        return [*self.size, *self.grid, *self.offset, *self.full, *self.stride]
+
+    @classmethod
+    def from_args(cls, args: Sequence[int]) -> BlockGeometry:
+        """The geometry back from :meth:`to_args`."""
+        size, grid, offset, full, stride = (tuple(args[i : i + 2]) for i in range(0, 10, 2))
+        return cls(size, grid, offset, full, stride)  # type: ignore[arg-type]
+
     def of_output(self) -> BlockGeometry:
         """The geometry of a spectrum taken of this block's output itself (what a strided
         layer keeps): its grid is the output, read with no crop and no stride."""

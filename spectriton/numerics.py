@@ -1,5 +1,6 @@
-"""Numerics that the torch twin and the Triton launchers share, so that neither imports
-the other: the half-spectrum size and the threshold's scaling.
+"""Numerics that the ops, the torch twin and the Triton launchers share, so that neither
+twin imports the other: the dtype policy of spectra, the half-spectrum size and the
+threshold's scaling.
 
 An entry ``Y`` is kept iff ``|Y| > beta`` (DESIGN.md section 2), decided on squares without
 a square root: with ``(scale, beta2) = scaled_threshold(beta)``, it is kept iff
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 EXPONENT_LIMIT = 126  # the scale stays a normal float32 (kernels take it as a float32 scalar)
 
@@ -47,3 +49,15 @@ def scaled_threshold(beta: float | torch.Tensor):
     scale = 2.0 ** min(max(-math.frexp(beta)[1], -EXPONENT_LIMIT), EXPONENT_LIMIT)
     scaled = beta * scale
     return scale, scaled * scaled
+
+
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precisions compute in float32)."""
+    double = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if double else torch.float32
+
+
+def exact(device: torch.device):
+    """Autocast off: spectra and kernel spectra are computed in float32 (or float64) however
+    the caller autocasts (the DFT matmuls would otherwise round to bfloat16)."""
+    return torch.autocast(device_type=device.type, enabled=False)

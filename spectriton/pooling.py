@@ -8,59 +8,12 @@ from torch import nn
 
 from spectriton import _checks, provenance
 from spectriton.nvtx import annotate, ranged
-
-
-def _windows(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
-    """``(N, C, H, W)`` -> ``(N, C, H_out, W_out, kh * kw)``: each pooling window's entries in
-    row-major order, padding read as -inf (as ``nn.MaxPool2d``), floor mode."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    if ph or pw:
-        x = nn.functional.pad(x, (pw, pw, ph, ph), value=-float("inf"))
-    windows = x.unfold(2, kh, sh).unfold(3, kw, sw)
-    return windows.reshape(*windows.shape[:4], kh * kw)
-
-
-def index_bits(kernel: tuple[int, int]) -> int:
-    """Bits per window position: 2 for up to 4 positions, 4 up to 16, 8 up to 256."""
-    positions = kernel[0] * kernel[1]
-    return 2 if positions <= 4 else 4 if positions <= 16 else 8
-
-
-def _shifts(bits: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
-
-
-def window_max(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each pooling window's maximum, and its position (the first one on ties, NaN counting
-    as largest, as ``nn.MaxPool2d``) packed :func:`index_bits` to the position in a flat
-    uint8 tensor (low bits first). No autograd graph."""
-    with torch.no_grad():
-        maxima, index = _windows(x, kernel, stride, padding).max(-1)
-        index = index.to(torch.uint8).reshape(-1)
-        bits = index_bits(kernel)
-        per_byte = 8 // bits
-        index = torch.cat([index, index.new_zeros(-index.numel() % per_byte)]).view(-1, per_byte)
-        return maxima, (index << _shifts(bits, x.device)).sum(-1).to(torch.uint8)
-
-
-def _unpacked(packed: torch.Tensor, kernel, shape) -> torch.Tensor:
-    """:func:`window_max`'s positions as int64, shaped ``shape`` (the pooled map's)."""
-    bits = index_bits(kernel)
-    index = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & ((1 << bits) - 1)
-    return index.reshape(-1)[: shape.numel()].view(shape).long()
-
-
-def window_values(x: torch.Tensor, packed: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
-    """The pooled map again: each window's entry at its packed position (what the forward's
-    max read)."""
-    windows = _windows(x, kernel, stride, padding)
-    index = _unpacked(packed, kernel, windows.shape[:-1])
-    return windows.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+from spectriton.windows import unpacked_positions, window_max
 
 
 class CompactMaxPoolFunction(torch.autograd.Function):
     """Max pooling of ``x`` given its result, ``maxima`` at packed window positions ``index``
-    (:func:`window_max`); saves the positions and nothing else."""
+    (:func:`~spectriton.windows.window_max`); saves the positions and nothing else."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, index: torch.Tensor, maxima: torch.Tensor, kernel, stride, padding):
@@ -74,7 +27,7 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         ((kh, kw), (sh, sw), (ph, pw)), (h, w) = ctx.window, ctx.size
         n, c, ho, wo = grad.shape
-        position = _unpacked(index, (kh, kw), grad.shape)
+        position = unpacked_positions(index, (kh, kw), grad.shape)
         # a position in the padding is read only where the window's valid entries are all
         # -inf; nn.MaxPool2d then takes the first valid one, which clamping gives
         rows = (torch.arange(ho, device=grad.device).view(-1, 1) * sh - ph + position // kw).clamp_(0, h - 1)
@@ -90,7 +43,7 @@ class CompactMaxPool2d(nn.Module):
 
     Same output and gradient as ``nn.MaxPool2d``; for backward it keeps the position of
     each window's maximum, 2 bits per output for 2 x 2 windows and 4 for 3 x 3 (see
-    :func:`index_bits`), instead of the input and an int64 index. After a spectral block,
+    :func:`~spectriton.windows.index_bits`), instead of the input and an int64 index. After a spectral block,
     its output's recipe (:mod:`spectriton.provenance`) is the block's plus those positions,
     so the next block need not keep it.
     """

@@ -3,7 +3,7 @@
 A block's output is ``crop(IFFT(Z))`` of its last layer's compressed output ``Z``, maybe
 max-pooled afterwards; backward keeps ``Z`` and the pool's window index anyway. When such
 a tensor is the next block's input, the next block's first layer saves those instead of
-the dense input and rebuilds it in backward (:func:`spectriton.custom_ops.rebuild_input`).
+the dense input and rebuilds it in backward (:func:`spectriton.ops.rebuild.rebuild_input`).
 
 A recipe holds its tensors weakly: it is valid only while autograd keeps them (so under
 ``torch.utils.checkpoint``, or where nothing saved them, the next block keeps its input
@@ -19,34 +19,61 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from spectriton.geometry import BlockGeometry
+
+Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # a max pool's kernel, stride, padding
+
+
+@dataclass(frozen=True)
+class RecipeArgs:
+    """The integers of a recipe: the ``spectriton::output`` op's batch, channels, geometry
+    and layout, and the max pool that followed (None: none). They travel as one list of
+    ints (:meth:`encode`), an op argument."""
+
+    batch: int
+    channels: int
+    geom: BlockGeometry
+    channels_last: bool
+    pool: Window | None = None
+
+    def encode(self) -> list[int]:
+        """``[batch, channels, *geometry, channels_last, *pool]`` (pool: six zeros for none)."""
+        pool = [n for pair in self.pool for n in pair] if self.pool else [0] * POOL_ARGS
+        return [self.batch, self.channels, *self.geom.to_args(), int(self.channels_last), *pool]
+
+    @classmethod
+    def decode(cls, args: list[int]) -> RecipeArgs:
+        """The recipe's integers back from :meth:`encode`."""
+        batch, channels, *geometry, channels_last, kh, kw, sh, sw, ph, pw = args
+        pool = ((kh, kw), (sh, sw), (ph, pw)) if kh else None
+        return cls(batch, channels, BlockGeometry.from_args(geometry), bool(channels_last), pool)
+
 
 @dataclass(frozen=True)
 class Recipe:
     """What rebuilds a spatial tensor: the ``spectriton::output`` op's tensors (``values,
-    mask, offsets``, held weakly) and integer arguments, the samples made NaN, and a max
-    pool's window positions (weakly), kernel, stride and padding when one followed."""
+    mask, offsets``, held weakly) and :class:`RecipeArgs`, the samples made NaN, and a max
+    pool's window positions (weakly) when one followed."""
 
     refs: tuple[weakref.ref, ...]
     nonfinite: torch.Tensor
-    args: tuple[int, ...]
+    args: RecipeArgs
     version: int = field(default=0, compare=False)
 
     @classmethod
-    def of(cls, values, mask, offsets, nonfinite, args) -> Recipe:
-        """The recipe of a block output; ``args`` are the output op's integer arguments."""
-        return cls(
-            tuple(weakref.ref(t) for t in (values, mask, offsets)), nonfinite, (*args, *[0] * POOL_ARGS)
-        )
+    def of(cls, values, mask, offsets, nonfinite, args: RecipeArgs) -> Recipe:
+        """The recipe of a block output, ``spectriton::output(values, mask, offsets)``."""
+        return cls(tuple(weakref.ref(t) for t in (values, mask, offsets)), nonfinite, args)
 
     @property
     def pooled_already(self) -> bool:
-        return len(self.refs) > 3
+        return self.args.pool is not None
 
-    def pooled(self, index: torch.Tensor, window) -> Recipe:
+    def pooled(self, index: torch.Tensor, window: Window) -> Recipe:
         """The recipe of this tensor max-pooled with ``window`` (kernel, stride and padding
         pairs), ``index`` its packed window positions."""
-        pool = [n for pair in window for n in pair]
-        return replace(self, refs=(*self.refs, weakref.ref(index)), args=(*self.args[:-POOL_ARGS], *pool))
+        args = replace(self.args, pool=tuple(tuple(pair) for pair in window))
+        return replace(self, refs=(*self.refs, weakref.ref(index)), args=args)
 
     def rebind(self, tensors: list[torch.Tensor]) -> Recipe:
         """This recipe over ``tensors`` (as :meth:`tensors` gives them): the same parts handed

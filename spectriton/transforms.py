@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from spectriton.geometry import BlockGeometry
-from spectriton.numerics import half_spectrum as half
+from spectriton.numerics import half_spectrum
 
 
 def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -33,7 +33,7 @@ def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
     """Scale, in place, the half-spectrum columns (dim 1 of ``(rows, cols, ...)``) that a
     real inverse transform counts twice."""
-    mirrored = grid[1] - half(grid)[1]
+    mirrored = grid[1] - half_spectrum(grid)[1]
     if mirrored > 0:
         g[:, 1 : 1 + mirrored] *= factor
     return g
@@ -45,7 +45,7 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     The adjoint of a real-input FFT is an inverse real FFT of the gradient with the columns
     that it mirrors weighted by one half (a real transform, half the work of a complex one).
     """
-    spectrum = scale_mirrored_(g.reshape(*half(grid), *g.shape[1:]).clone(), grid, 0.5)
+    spectrum = scale_mirrored_(g.reshape(*half_spectrum(grid), *g.shape[1:]).clone(), grid, 0.5)
     space = torch.fft.irfft2(spectrum, s=grid, dim=(0, 1), norm="ortho")
     return space[: size[0], : size[1]].permute(2, 3, 0, 1).contiguous()
 
@@ -61,7 +61,7 @@ def _dft(
 
 
 def _dft_table(grid, kernel, shift) -> torch.Tensor:
-    rows, cols = half(grid)
+    rows, cols = half_spectrum(grid)
     u = torch.arange(rows, dtype=torch.int64).view(rows, 1, 1, 1)
     v = torch.arange(cols, dtype=torch.int64).view(1, cols, 1, 1)
     i = torch.arange(kernel[0], dtype=torch.int64).view(1, 1, -1, 1) + shift[0]

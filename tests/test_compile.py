@@ -9,28 +9,38 @@ import torch
 import torch.nn.functional as F
 
 import spectriton as st
-from spectriton import custom_ops, models
+from spectriton import models
 from spectriton.functional import SpectralFlow, spectral_layer
-from spectriton.geometry import LayerShape
+from spectriton.geometry import BlockGeometry, LayerShape
+from spectriton.ops.layer import layer
+from spectriton.ops.output import output
+from spectriton.ops.spec import LayerSpec, to_named
 
 
 def _layer_args(compressed_source: bool, density=None, power=None, residual=False, crop=(), affine=False):
+    """``spectriton::layer``'s arguments and keyword arguments; ``crop`` (offset, full and
+    stride) makes the layer strided."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     bias = torch.randn(4, requires_grad=True)
     shapes = [LayerShape((3, 3), (1, 1), (1, 1))] * 2
     flow = SpectralFlow.start(x, shapes)
-    grid, size = list(flow.geom.grid), list(flow.geom.size)
+    geom = flow.geom
+    if crop:
+        geom = BlockGeometry(geom.size, geom.grid, crop[:2], crop[2:4], crop[4:])
+    grid = geom.grid
     if compressed_source:  # the second layer of a block reads the first one's output
         flow = spectral_layer(flow, torch.randn(3, 3, 3, 3), None, (1, 1), 0.3, "split_tanh")
-    sources = ([flow.values], [flow.mask], [flow.offsets])
-    config = (grid, size, 2, [3], [0, 0], 0.5, True, None, density, 1, [1, 1], list(crop))
+    spec = LayerSpec((3, 3), 0.5, True, None, (3,), ((0, 0),), density, strided=bool(crop))
     spectrum = None
     if residual:  # a residual connection's spectrum, added before the threshold
         spectrum = torch.randn(grid[0] * (grid[1] // 2 + 1), 2, 4, dtype=torch.complex64, requires_grad=True)
     scale_shift = torch.randn(2, 4, requires_grad=True) if affine else None
-    return (weight, bias, *sources, *config, None, power, scale_shift, spectrum, [], [])
+    names, named = to_named({"moments": power, "affine": scale_shift, "residual": spectrum})
+    args = (spec.encode(), weight, bias, [flow.values], [flow.mask], [flow.offsets], named)
+    numbers = {"beta": spec.beta, "density": spec.density}
+    return args, {"names": names, **numbers, "geometry": geom.to_args(), "batch": 2, "recipe": []}
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
@@ -45,34 +55,35 @@ def test_layer_op_passes_opcheck(compressed_source, density, power):
             if power == "calibrated"
             else torch.full((2, 4), float("nan"))
         )
-    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, density, power))
+    torch.library.opcheck(layer, *_layer_args(compressed_source, density, power))
 
 
 @pytest.mark.parametrize("compressed_source", [False, True], ids=["spatial-source", "compressed-source"])
 def test_strided_layer_op_passes_opcheck(compressed_source):
     """A strided layer's output lies on its output's grid (crop: offset, full, stride)."""
-    torch.library.opcheck(custom_ops.layer, _layer_args(compressed_source, crop=(2, 2, 8, 8, 2, 2)))
+    torch.library.opcheck(layer, *_layer_args(compressed_source, crop=(2, 2, 8, 8, 2, 2)))
 
 
 @pytest.mark.parametrize("power", [None, "calibrated"])
 def test_layer_op_with_a_residual_passes_opcheck(power):
     power = None if power is None else torch.tensor([[0.5], [2.0]]).expand(2, 4).contiguous()
-    torch.library.opcheck(custom_ops.layer, _layer_args(True, None, power, residual=True))
+    torch.library.opcheck(layer, *_layer_args(True, None, power, residual=True))
 
 
 @pytest.mark.parametrize("crop", [(), (2, 2, 8, 8, 2, 2)], ids=["plain", "strided"])
 def test_layer_op_with_an_affine_passes_opcheck(crop):
     power = torch.tensor([[0.5], [2.0]]).expand(2, 4).contiguous()
-    torch.library.opcheck(custom_ops.layer, _layer_args(True, None, power, crop=crop, affine=True))
+    torch.library.opcheck(layer, *_layer_args(True, None, power, crop=crop, affine=True))
 
 
 def test_output_op_passes_opcheck():
-    args = _layer_args(True)
-    values, mask, offsets, *_ = custom_ops.layer(*args)
+    args, kwargs = _layer_args(True)
+    values, mask, offsets, *_ = layer(*args, **kwargs)
     values = values.detach().requires_grad_()
-    geometry = [8, 8, 10, 10, 2, 2, 8, 8, 1, 1]  # size, grid, offset, full, stride
-    args = (values, mask, offsets, 2, 4, geometry, torch.float32, False, True)
-    torch.library.opcheck(custom_ops.output, args)
+    geom = BlockGeometry(size=(8, 8), grid=(10, 10), offset=(2, 2), full=(8, 8), stride=(1, 1))
+    options = {"batch": 2, "channels": 4, "geometry": geom.to_args(), "dtype": torch.float32}
+    options |= {"channels_last": False, "keep_values": True}
+    torch.library.opcheck(output, (values, mask, offsets), options)
 
 
 def _train_step(model, x, y):
@@ -143,3 +154,14 @@ def test_speclenet_compiles_with_inductor(device):
     torch.manual_seed(0)
     x, y = _batch()
     _compare_compiled(models.lenet5(spectral=True).to(device), x.to(device), y.to(device), backend="inductor")
+
+
+def test_a_second_batch_size_recompiles_whole():
+    """The layer spec holds no size that follows the input (those travel as plain op
+    arguments), so a new batch size compiles again, whole, rather than failing."""
+    torch.manual_seed(0)
+    model = models.lenet5(spectral=True, beta=0.5)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for n in (8, 5):
+        x, _ = _batch(n=n)
+        torch.testing.assert_close(compiled(x), model(x))

@@ -205,3 +205,20 @@ def test_strided_block_matches_the_dense_oracle():
     inputs = [x, *weights, biases[1]]
     for a, b in zip(torch.autograd.grad(got.sum(), inputs), torch.autograd.grad(want.sum(), inputs)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [None, "split_tanh"])
+def test_double_backward_is_refused_with_a_clear_error(activation):
+    """A gradient penalty or a Hessian-vector product differentiates a gradient: the first
+    gradient (``create_graph=True``) is the plain one, differentiating it again raises an
+    error that says so, not torch's internal "no autograd formula"."""
+    from spectriton import SpectralConv2d
+
+    torch.manual_seed(0)
+    layer = SpectralConv2d(2, 3, 3, padding=1, beta=0.1, activation=activation).double()
+    x = torch.randn(2, 2, 6, 6, dtype=D, requires_grad=True)
+    (plain,) = torch.autograd.grad(layer(x).square().sum(), x)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    torch.testing.assert_close(grad, plain, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported by spectral layers"):
+        grad.square().sum().backward()

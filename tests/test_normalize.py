@@ -58,7 +58,7 @@ def test_running_moments_calibrate_on_the_first_batch_then_follow_with_momentum(
 def test_the_moments_are_the_mean_and_mean_square_of_the_map_on_the_grid(grid):
     """The mean from the DC bin, the mean square by Parseval from the half spectrum: the
     spatial moments of the product on the grid."""
-    from spectriton.custom_ops import channel_moments
+    from spectriton.moments import channel_moments
 
     torch.manual_seed(0)
     y = torch.randn(2, 3, *grid) + torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)

@@ -1,0 +1,16 @@
+"""The samples whose input held a NaN or Inf: their outputs are made NaN, since split tanh
+would saturate an infinite spectral entry to a finite one."""
+
+import torch
+from torch import Tensor
+
+
+def nonfinite_samples(x: Tensor) -> Tensor:
+    """Which samples of a spatial batch hold a NaN or Inf, ``(N,)`` bool (no autograd)."""
+    return ~torch.isfinite(x.detach()).flatten(1).all(1)
+
+
+def mark_nonfinite(y: Tensor, nonfinite: Tensor) -> Tensor:
+    """``y`` with the samples where ``nonfinite`` is set made NaN (an addition: nothing is
+    saved for it)."""
+    return y + torch.where(nonfinite, float("nan"), 0.0).to(y.dtype).view(-1, 1, 1, 1)

@@ -1,0 +1,169 @@
+"""``spectriton::layer_backward``: the gradients of ``spectriton::layer``, by name, and its fake.
+
+Gradients flow packed: the incoming gradient is the packed values' (split tanh's
+derivative applied first), the kernel gradient is one product per source and the DFT's
+adjoint, a spatial source's gradient goes back through the FFT's adjoint and a compressed
+source's stays packed on its mask. A normalised layer's gradient is scaled per channel by
+the moments it used, its affine's gradient comes from the same products.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from spectriton import backend, transforms
+from spectriton.compressed import CompressedSpectrum, kept_positions
+from spectriton.geometry import BlockGeometry
+from spectriton.moments import affine_grad, moments_scale
+from spectriton.numerics import compute_dtype, exact, spectrum_bins
+from spectriton.nvtx import annotate
+from spectriton.ops.first_order import refuse_double_backward
+from spectriton.ops.sources import dc_real, source_spectrum
+from spectriton.ops.spec import LayerSpec, from_named
+
+
+def gradient_names(sources: int) -> tuple[str, ...]:
+    """The gradients :func:`layer_backward` returns, in order: ``inputs.<s>`` for source ``s``."""
+    return ("weight", "bias", "residual", "affine", *(f"inputs.{s}" for s in range(sources)))
+
+
+@torch.library.custom_op("spectriton::layer_backward", mutates_args=())
+def layer_backward(
+    spec: str,
+    grad_values: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    inputs: list[Tensor],
+    masks: list[Optional[Tensor]],
+    offsets: list[Optional[Tensor]],
+    named: list[Tensor],
+    *,
+    names: str,
+    beta: float,
+    density: Optional[float],
+    geometry: list[int],
+    batch: int,
+    needs: str,
+) -> list[Tensor]:
+    """Gradients of ``spectriton::layer`` named by :func:`gradient_names`, each empty unless
+    ``needs`` (comma-separated names) asks for it. ``named`` holds, named by ``names``
+    (:func:`~spectriton.ops.spec.to_named`), the layer's output ``mask`` and ``offsets``,
+    its ``values`` (split tanh only), the ``moments`` a normalised layer used and its
+    ``affine``; the other arguments are the layer's (``beta`` and ``density`` complete
+    its spec)."""
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
+    saved = from_named(names, named)
+    values, out_mask, out_offsets, moments, affine = (
+        saved.get(name) for name in ("values", "mask", "offsets", "moments", "affine")
+    )
+    wanted = set(needs.split(","))
+    with annotate(lambda: f"layer.backward {cfg.describe(weight, geom.grid)}"), exact(weight.device):
+        grads = _layer_backward(
+            cfg, geom, batch, wanted, grad_values, weight, bias, values, out_mask, out_offsets, inputs, masks,
+            offsets, moments, affine,
+        )  # fmt: skip
+    return [grads.get(name, weight.new_empty(0)) for name in gradient_names(len(inputs))]
+
+
+def _layer_backward(
+    cfg, geom, batch, wanted, grad_values, grouped, bias, values, out_mask, out_offsets, inputs, masks,
+    offsets, moments, affine,
+) -> dict[str, Tensor]:  # fmt: skip
+    weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
+    ops, real = backend.ops(weight.device), compute_dtype(weight, *inputs)
+    out_grid, grads = cfg.out_grid(geom), {}
+    if cfg.activation:
+        grad_values = ops.activation_backward(values, grad_values)
+    out_channels = weight.shape[0]
+    if "residual" in wanted:  # the residual was added as it is: its gradient is the sum's, dense
+        summed = CompressedSpectrum._trusted(
+            grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
+        )
+        grads["residual"] = ops.unpack(summed)
+    scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
+    wants_affine = affine is not None and "affine" in wanted
+    if moments is not None:  # scaled by channel: the kept entries' channels, read off the mask
+        numel = spectrum_bins(out_grid) * batch * out_channels
+        positions = kept_positions(out_mask, numel)
+        channel = positions % out_channels
+        if wants_affine:  # the real parts at the DC entries (frequency 0 comes first), per channel
+            is_dc = (positions < batch * out_channels).to(real)
+            dc = torch.zeros(out_channels, dtype=real, device=weight.device)
+            dc.index_add_(0, channel, grad_values[:, 0].to(real) * is_dc)
+        grad_values = grad_values * moments_scale(moments)[channel].unsqueeze(1).to(grad_values.dtype)
+    grad_out = CompressedSpectrum._trusted(
+        grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
+    )
+    if cfg.strided:  # back from the output's grid to the block's, dense
+        grad_out = transforms.crop_spectrum_adjoint(ops.unpack(grad_out), geom)
+    grad_out = ops.operand(grad_out)  # converted once, read by every product below
+    wants_weight, grad_kernels, start = "weight" in wanted, [], 0
+    inner = torch.zeros(out_channels, dtype=real, device=weight.device)  # <grad_out, product> per channel
+    for index, (source, mask, offset, channels, shift) in enumerate(
+        zip(inputs, masks, offsets, cfg.channels, cfg.shifts)
+    ):
+        wants_source = f"inputs.{index}" in wanted
+        spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
+        if mask is not None or wants_weight or wants_affine:
+            spectrum_in = source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
+        part = weight[:, start : start + channels].to(real)
+        start += channels
+        kernel = None
+        if wants_source or (wants_affine and not wants_weight):  # else the affine reads the taps
+            kernel = transforms.kernel_spectrum(part, geom.grid, shift, adjoint=True)
+        if wants_source:
+            scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
+            if mask is None:
+                grad_spectrum = ops.product_input_grad(grad_out, scaled, None)
+                grad_source = transforms.map_spectrum_adjoint(grad_spectrum, geom.grid, geom.size)
+            else:
+                grad_source = ops.product_input_grad(grad_out, scaled, spectrum_in)
+            grads[f"inputs.{index}"] = grad_source.to(source.dtype)
+        if wants_weight or wants_affine:
+            grad_kernel = ops.product_weight_grad(ops.operand(spectrum_in), grad_out)
+            taps = None
+            if wants_weight:
+                taps = transforms.kernel_spectrum_adjoint(grad_kernel, geom.grid, cfg.kernel, shift)
+                grad_kernels.append(taps)
+            if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
+                if taps is not None:  # = <w, adjoint of that>, per output channel: taps already made
+                    inner += (taps * part).sum((1, 2, 3))
+                else:
+                    inner += torch.einsum("foc,fco->o", kernel, grad_kernel).real
+    if wants_weight:
+        grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
+        if scale is not None:
+            grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
+        grads["weight"] = transforms.dense_weight_adjoint(
+            grad_weight.to(weight.dtype), cfg.groups, cfg.dilation
+        )
+    if "bias" in wanted or (wants_affine and bias is not None):  # the bias's gradient before the scale
+        dc_grid = dc_real(grad_out, batch, out_channels).sum(0) * transforms.bias_scale(geom.grid)
+        inner += 0 if bias is None else bias.to(real) * dc_grid
+        grads["bias"] = (dc_grid if scale is None else dc_grid * scale).to(weight.dtype)
+    if wants_affine:
+        grads["affine"] = affine_grad(inner, dc, moments, out_grid).to(affine.dtype)
+    return grads
+
+
+@layer_backward.register_fake
+def _(spec, grad_values, weight, bias, inputs, masks, offsets, named, *, names, beta, density, geometry,
+      batch, needs):  # fmt: skip
+    affine = from_named(names, named).get("affine")
+    cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
+    bins = spectrum_bins(cfg.out_grid(geom))
+    complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
+    likes = {
+        "weight": weight,
+        "bias": weight.new_empty(weight.shape[0]),
+        "residual": weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype),
+        "affine": weight.new_empty(2, weight.shape[0]) if affine is None else affine,
+        **{f"inputs.{s}": source for s, source in enumerate(inputs)},
+    }
+    wanted = set(needs.split(","))
+    names = gradient_names(len(inputs))
+    return [torch.empty_like(likes[n]) if n in wanted else weight.new_empty(0) for n in names]
+
+
+refuse_double_backward(layer_backward, "layer")
