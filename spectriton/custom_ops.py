@@ -67,7 +67,7 @@ class LayerConfig:
     def describe(self, weight: Tensor) -> str:
         """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
         kernel, grid = "x".join(map(str, self.kernel)), "x".join(map(str, self.grid))
-        return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid}"
+        return f"{weight.shape[1] * self.groups}->{weight.shape[0]} {kernel} grid {grid}"
 
     @property
     def cropped(self) -> BlockGeometry | None:
@@ -220,7 +220,7 @@ def _dense_product(backend, weight, bias, cfg, real, sources) -> Tensor:
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(cfg.grid)
-        part = backend.product(spectrum_in, kernel, bias_dc)
+        part = backend.grouped_product(spectrum_in, kernel, bias_dc, cfg.groups)
         product = part if product is None else product.add_(part)
         start += channels
     return product
@@ -318,12 +318,12 @@ def layer(
         calibrated = float(running)  # one host read, as sizing the values needs anyway
         if not math.isnan(calibrated):
             cfg = replace(cfg, beta=calibrated, density=None)
-    weight = transforms.dense_weight(weight, groups, dilation)
+    weight = transforms.dense_weight(weight, dilation)
     with annotate(lambda: f"layer.forward {cfg.describe(weight)}"), _exact(weight.device):
         backend = ops(weight.device)
         real = compute_dtype(weight, *inputs)
         sources = list(zip(inputs, masks, offsets))
-        fused = not cfg.crop and cfg.density is None and moments is None and residual is None
+        fused = not cfg.crop and cfg.density is None and moments is None and residual is None and groups == 1
         if len(sources) == 1 and fused:
             out, used = _fused_forward(backend, weight, bias, cfg, real, *sources[0]), cfg.beta
             batch_moments = weight.new_empty(0, dtype=torch.float32)
@@ -490,7 +490,7 @@ def _layer_backward(
     moments,
     affine,
 ):
-    weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
+    weight = transforms.dense_weight(grouped, cfg.dilation)
     backend, real = ops(weight.device), compute_dtype(weight, *inputs)
     if cfg.activation:
         grad_values = backend.activation_backward(values, grad_values)
@@ -535,14 +535,16 @@ def _layer_backward(
         if needs[2 + index]:
             scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
             if mask is None:
-                grad_spectrum = backend.product_input_grad(grad_out, scaled, None)
+                grad_spectrum = backend.grouped_product_input_grad(grad_out, scaled, None, cfg.groups)
                 grad_source = transforms.map_spectrum_adjoint(grad_spectrum, cfg.grid, cfg.size)
             else:
-                grad_source = backend.product_input_grad(grad_out, scaled, spectrum_in)
+                grad_source = backend.grouped_product_input_grad(grad_out, scaled, spectrum_in, cfg.groups)
             grad_source = grad_source.to(source.dtype)
         grad_sources.append(grad_source)
         if needs[0] or wants_affine:
-            grad_kernel = backend.product_weight_grad(backend.operand(spectrum_in), grad_out)
+            grad_kernel = backend.grouped_product_weight_grad(
+                backend.operand(spectrum_in), grad_out, cfg.groups
+            )
             taps = None
             if needs[0]:
                 taps = transforms.kernel_spectrum_adjoint(grad_kernel, cfg.grid, cfg.kernel, shift)
@@ -557,7 +559,7 @@ def _layer_backward(
         grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
         if scale is not None:
             grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
-        grad_weight = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.groups, cfg.dilation)
+        grad_weight = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.dilation)
     grad_bias = weight.new_empty(0)
     if needs[1] or (wants_affine and bias is not None):  # the bias's gradient before the scale
         dc_grid = _dc_real(grad_out, cfg.batch, out_channels).sum(0) * transforms.bias_scale(cfg.grid)
