@@ -1,9 +1,9 @@
-"""Training-step time of converted torchvision ResNet-18 and ResNet-50 against the originals
+"""Training-step time of converted torchvision models (ResNet-18 and ResNet-50 unless named)
 (batch 32, 3 x 32 x 32; :func:`convert_table.step_time`: forward, loss, backward, median of
 3 after one warm-up step), one line per checkout, to compare checkouts side by side on one
 machine:
 
-    PYTHONPATH=<checkout> python bench/convert_step_time.py <label>
+    PYTHONPATH=<checkout> python bench/convert_step_time.py <label> [torchvision model name ...]
 """
 
 import sys
@@ -16,7 +16,7 @@ import spectriton as st
 
 warnings.simplefilter("ignore")
 line = []
-for name in ["resnet18", "resnet50"]:
+for name in sys.argv[2:] or ["resnet18", "resnet50"]:
     original, converted = build("torchvision", name).train(), st.convert(build("torchvision", name)).train()
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     t_original, t_converted = step_time(original, x, y), step_time(converted, x, y)

@@ -4,6 +4,11 @@ The launchers here have the names and signatures of their pure-torch twins in
 :mod:`spectriton.reference`; :mod:`spectriton.backend` picks one or the other.
 """
 
+from spectriton.kernels.grouped import (
+    grouped_product,
+    grouped_product_input_grad,
+    grouped_product_weight_grad,
+)
 from spectriton.kernels.packing import pack, unpack
 from spectriton.kernels.spectral_product import (
     operand,
@@ -16,6 +21,9 @@ from spectriton.kernels.threshold import activation_backward, threshold_compact
 
 __all__ = [
     "activation_backward",
+    "grouped_product",
+    "grouped_product_input_grad",
+    "grouped_product_weight_grad",
     "pack",
     "operand",
     "product",

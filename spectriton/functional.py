@@ -108,6 +108,8 @@ def spectral_layer(
     first = sources[0]
     if affine is not None and (moments is None or tuple(affine.shape) != (2, weight.shape[0])):
         raise ValueError(f"affine must be (2, {weight.shape[0]}) and come with moments")
+    if groups > 1 and len(sources) > 1:  # each source's kernel would straddle the groups
+        raise ValueError(f"a grouped layer (groups={groups}) reads one source, got {len(sources)}")
     channels = sum(s.channels for s in sources)
     if weight.shape[1] * groups != channels:
         raise ValueError(

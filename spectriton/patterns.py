@@ -279,7 +279,13 @@ def _dense_layer(name: str, layer: nn.Module, eligible) -> DenseLayer | None:
         if only_user(previous) is not node or node.op != "call_module":
             return None
         child = layer.get_submodule(node.target)
-        if type(child) is nn.Conv2d and eligible(child, f"{name}.{node.target}") and keeps_size(child):
+        reads_sources = not convs  # the first convolution reads every source: one group only
+        if (
+            type(child) is nn.Conv2d
+            and not (reads_sources and child.groups > 1)
+            and eligible(child, f"{name}.{node.target}")
+            and keeps_size(child)
+        ):
             convs.append(node.target)
             parts.append([])
         elif norm_kind(child) is not None or type(child) in ACTIVATIONS:

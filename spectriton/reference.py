@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from spectriton import grouped
 from spectriton.compressed import CompressedSpectrum, as_pairs, compact, kept_positions
 from spectriton.numerics import scaled_threshold
 
@@ -125,6 +126,41 @@ def product_weight_grad(
 ) -> torch.Tensor:
     """``gK[f] = X[f]^H gY[f]``, the gradient of the product matrices ``(bins, C, O)``."""
     return torch.matmul(operand(inputs).mH, operand(grad))
+
+
+def grouped_product(
+    inputs: CompressedSpectrum | torch.Tensor, kernel: torch.Tensor, bias_dc: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """:func:`product` of a grouped layer: ``kernel`` is ``K (bins, C / groups, O)``, each
+    group's channels multiply only its own (:mod:`spectriton.grouped`)."""
+    if groups == 1:
+        return product(inputs, kernel, bias_dc)
+    y = grouped.product(operand(inputs), kernel, groups)
+    if bias_dc is not None:
+        y[0] += bias_dc.to(y.real.dtype)
+    return y
+
+
+def grouped_product_input_grad(
+    grad: CompressedSpectrum | torch.Tensor,
+    kernel_h: torch.Tensor,
+    like: CompressedSpectrum | None,
+    groups: int,
+) -> torch.Tensor:
+    """:func:`product_input_grad` of a grouped layer (``kernel_h`` is ``K^H (bins, O, C / groups)``)."""
+    if groups == 1:
+        return product_input_grad(grad, kernel_h, like)
+    gx = grouped.input_grad(operand(grad), kernel_h, groups)
+    return gx if like is None else pack(gx, like.mask, like.nnz)
+
+
+def grouped_product_weight_grad(
+    inputs: CompressedSpectrum | torch.Tensor, grad: CompressedSpectrum | torch.Tensor, groups: int
+) -> torch.Tensor:
+    """:func:`product_weight_grad` of a grouped layer: ``gK (bins, C / groups, O)``."""
+    if groups == 1:
+        return product_weight_grad(inputs, grad)
+    return grouped.weight_grad(operand(inputs), operand(grad), groups)
 
 
 def dense_block(

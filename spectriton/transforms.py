@@ -213,27 +213,23 @@ def spread(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, int]:
     return tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))  # type: ignore[return-value]
 
 
-def dense_weight(weight: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
-    """A grouped, dilated ``nn.Conv2d`` weight ``(O, C / groups, kh, kw)`` as the spectral
-    product reads it, ``(O, C, dh (kh - 1) + 1, dw (kw - 1) + 1)``: block-diagonal over
-    channels (zeros between groups), zeros between the dilated taps. ``weight`` itself when
-    there are neither."""
-    if groups == 1 and tuple(dilation) == (1, 1):
+def dense_weight(weight: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
+    """A dilated ``nn.Conv2d`` weight ``(O, C / groups, kh, kw)`` as the spectral product
+    reads it, ``(O, C / groups, dh (kh - 1) + 1, dw (kw - 1) + 1)``: zeros between the
+    taps. ``weight`` itself when not dilated. Groups stay apart: each is its own product
+    (:mod:`spectriton.grouped`), never a block-diagonal weight."""
+    if tuple(dilation) == (1, 1):
         return weight
     (dh, dw), (out_channels, per_group, kh, kw) = dilation, weight.shape
-    dense = weight.new_zeros(groups, out_channels // groups, groups, per_group, *spread((kh, kw), dilation))
-    group = torch.arange(groups, device=weight.device)
-    dense[group, :, group, :, ::dh, ::dw] = weight.view(groups, out_channels // groups, per_group, kh, kw)
-    return dense.view(out_channels, groups * per_group, *dense.shape[-2:])
+    dense = weight.new_zeros(out_channels, per_group, *spread((kh, kw), dilation))
+    dense[:, :, ::dh, ::dw] = weight
+    return dense
 
 
-def dense_weight_adjoint(grad: torch.Tensor, groups: int, dilation: tuple[int, int]) -> torch.Tensor:
-    """Adjoint of :func:`dense_weight`: the gradient of the grouped, dilated weight from the
-    gradient of the dense one (its entries on the diagonal blocks and the taps)."""
-    if groups == 1 and tuple(dilation) == (1, 1):
+def dense_weight_adjoint(grad: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
+    """Adjoint of :func:`dense_weight`: the gradient of the dilated weight from the gradient
+    of the dense one (its entries on the taps)."""
+    if tuple(dilation) == (1, 1):
         return grad
-    (dh, dw), (out_channels, channels) = dilation, grad.shape[:2]
-    blocks = grad.view(groups, out_channels // groups, groups, channels // groups, *grad.shape[2:])
-    group = torch.arange(groups, device=grad.device)
-    taps = blocks[group, :, group, :, ::dh, ::dw]
-    return taps.reshape(out_channels, channels // groups, *taps.shape[-2:])
+    dh, dw = dilation
+    return grad[:, :, ::dh, ::dw].contiguous()

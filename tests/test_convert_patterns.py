@@ -96,6 +96,22 @@ def test_a_hand_written_dense_block_becomes_one_spectral_dense_block():
     assert norm.weight.grad.abs().sum() > 0 and norm.bias.grad.abs().sum() > 0
 
 
+def test_a_dense_layer_whose_first_convolution_is_grouped_is_converted_conv_by_conv():
+    """A grouped layer reads one source, so a dense block whose first convolutions are
+    grouped is not one spectral dense block: its convolutions convert one by one, and run."""
+    torch.manual_seed(0)
+    stage = _DenseStage(channels=4, growth=4, layers=2)
+    for unit in stage.units:
+        unit.squeeze = nn.Conv2d(unit.squeeze.in_channels, 8, 1, groups=2, bias=False)
+    rows = {r.name: r for r in st.plan(stage)}
+    assert "dense block" not in rows["units.1.squeeze"].reason
+    st.convert(stage, beta=0.05)
+    assert type(stage).__name__ != "Spectral_DenseStage"
+    assert isinstance(stage.units[1].squeeze, st.SpectralConv2d) and stage.units[1].squeeze.groups == 2
+    stage(torch.randn(2, 4, 6, 6)).sum().backward()
+    assert stage.units[1].squeeze.weight.grad.abs().sum() > 0
+
+
 def test_a_converted_dense_block_pickles_and_reverts():
     torch.manual_seed(0)
     original = _Net().eval()

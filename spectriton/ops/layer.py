@@ -84,12 +84,13 @@ def layer(
         calibrated = float(running)  # one host read, as sizing the values needs anyway
         if not math.isnan(calibrated):
             cfg = replace(cfg, beta=calibrated, density=None)
-    weight = transforms.dense_weight(weight, cfg.groups, cfg.dilation)
+    weight = transforms.dense_weight(weight, cfg.dilation)
     with annotate(lambda: f"layer.forward {cfg.describe(weight, geom.grid)}"), exact(weight.device):
         ops = backend.ops(weight.device)
         real = compute_dtype(weight, *inputs)
         sources = list(zip(inputs, masks, offsets))
         fused = not cfg.strided and cfg.density is None and moments is None and residual is None
+        fused = fused and cfg.groups == 1  # the fused Triton product has no groups
         if len(sources) == 1 and fused:
             out, used = _fused_forward(ops, weight, bias, cfg, geom, batch, real, *sources[0]), cfg.beta
             batch_moments = weight.new_empty(0, dtype=torch.float32)
@@ -145,7 +146,7 @@ def _dense_product(ops, weight, bias, cfg, geom, batch, real, sources) -> Tensor
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(geom.grid)
-        part = ops.product(spectrum_in, kernel, bias_dc)
+        part = ops.grouped_product(spectrum_in, kernel, bias_dc, cfg.groups)
         product = part if product is None else product.add_(part)
         start += channels
     return product

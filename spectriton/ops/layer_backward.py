@@ -70,7 +70,7 @@ def _layer_backward(
     cfg, geom, batch, wanted, grad_values, grouped, bias, values, out_mask, out_offsets, inputs, masks,
     offsets, moments, affine,
 ) -> dict[str, Tensor]:  # fmt: skip
-    weight = transforms.dense_weight(grouped, cfg.groups, cfg.dilation)
+    weight = transforms.dense_weight(grouped, cfg.dilation)
     ops, real = backend.ops(weight.device), compute_dtype(weight, *inputs)
     out_grid, grads = cfg.out_grid(geom), {}
     if cfg.activation:
@@ -115,13 +115,13 @@ def _layer_backward(
         if wants_source:
             scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
             if mask is None:
-                grad_spectrum = ops.product_input_grad(grad_out, scaled, None)
+                grad_spectrum = ops.grouped_product_input_grad(grad_out, scaled, None, cfg.groups)
                 grad_source = transforms.map_spectrum_adjoint(grad_spectrum, geom.grid, geom.size)
             else:
-                grad_source = ops.product_input_grad(grad_out, scaled, spectrum_in)
+                grad_source = ops.grouped_product_input_grad(grad_out, scaled, spectrum_in, cfg.groups)
             grads[f"inputs.{index}"] = grad_source.to(source.dtype)
         if wants_weight or wants_affine:
-            grad_kernel = ops.product_weight_grad(ops.operand(spectrum_in), grad_out)
+            grad_kernel = ops.grouped_product_weight_grad(ops.operand(spectrum_in), grad_out, cfg.groups)
             taps = None
             if wants_weight:
                 taps = transforms.kernel_spectrum_adjoint(grad_kernel, geom.grid, cfg.kernel, shift)
@@ -135,9 +135,7 @@ def _layer_backward(
         grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
         if scale is not None:
             grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
-        grads["weight"] = transforms.dense_weight_adjoint(
-            grad_weight.to(weight.dtype), cfg.groups, cfg.dilation
-        )
+        grads["weight"] = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.dilation)
     if "bias" in wanted or (wants_affine and bias is not None):  # the bias's gradient before the scale
         dc_grid = dc_real(grad_out, batch, out_channels).sum(0) * transforms.bias_scale(geom.grid)
         inner += 0 if bias is None else bias.to(real) * dc_grid

@@ -70,7 +70,7 @@ class LayerSpec:
     def describe(self, weight: Tensor, grid: tuple[int, int]) -> str:
         """A short label for profiler ranges, e.g. ``64->128 3x3 grid 34x34``."""
         kernel, grid_text = "x".join(map(str, self.kernel)), "x".join(map(str, grid))
-        return f"{weight.shape[1]}->{weight.shape[0]} {kernel} grid {grid_text}"
+        return f"{weight.shape[1] * self.groups}->{weight.shape[0]} {kernel} grid {grid_text}"
 
 
 def to_named(tensors: dict[str, Tensor | None]) -> tuple[str, list[Tensor]]:
