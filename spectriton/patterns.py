@@ -37,8 +37,16 @@ class ChildTracer(fx.Tracer):
 def trace(module: nn.Module, concrete_args: dict | None = None) -> fx.Graph:
     """``module``'s forward with its children as leaves, called with positional arguments
     where they take them (``self.conv(input=x)`` reads as ``self.conv(x)``), and its
-    ``nn.Identity`` calls dropped."""
-    graph = ChildTracer().trace(module, concrete_args=concrete_args)
+    ``nn.Identity`` calls dropped. Tracing changes nothing: a forward that updates its own
+    buffers as it runs (timm's ``BatchNormAct2d`` counts ``num_batches_tracked``) gets them
+    back as they were."""
+    buffers = {name: b.clone() for name, b in module.named_buffers(recurse=False)}
+    try:
+        graph = ChildTracer().trace(module, concrete_args=concrete_args)
+    finally:
+        with torch.no_grad():
+            for name, b in module.named_buffers(recurse=False):
+                b.copy_(buffers[name])
     for node in list(graph.nodes):
         if node.op == "call_module" and node.kwargs:
             node.args, node.kwargs = _positional(module.get_submodule(node.target), node)

@@ -250,3 +250,19 @@ def test_a_shortcut_that_broadcasts_is_added_as_the_add_it_replaces_adds_it(shap
     torch.testing.assert_close(t.grad, full.grad.sum_to_size(shape), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"broadcast to it, got \(2, 4, 8, 8\)"):  # would grow the output
         model(x[:1], full)
+
+
+def test_tracing_leaves_buffers_as_they_were_so_a_fresh_batchnorm_calibrates():
+    """timm's BatchNormAct2d counts num_batches_tracked in its forward, which tracing runs:
+    counted, a never-run BN looked pretrained, its layer normalised with mean 0 and
+    variance 1 instead of its first batch's, and timm's MobileNetV2 kept nothing."""
+    timm_layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), timm_layers.BatchNormAct2d(8), nn.Flatten())
+    st.convert(model, value_dtype=torch.complex64)
+    norm = model[0].norm
+    assert int(norm.num_batches_tracked) == 0
+    x = torch.randn(4, 3, 8, 8) * 10
+    model(x)
+    expected = nn.functional.conv2d(x, model[0].weight, model[0].bias, padding=1).var((0, 2, 3))
+    assert int(norm.num_batches_tracked) == 1
+    assert torch.all(norm.running_var > 0.5 * expected)  # the batch's, not BatchNorm's initial 1
