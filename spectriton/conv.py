@@ -12,12 +12,11 @@ import warnings
 import torch
 from torch import nn
 
-from spectriton import _checks, provenance, transforms
-from spectriton.functional import SpectralFlow, empty_output, spectral_layer, spectral_output
-from spectriton.geometry import LayerShape, block_geometry
+from spectriton import _checks, transforms
+from spectriton.blocks import run_dense_layers, run_layers
+from spectriton.functional import SpectralFlow, spectral_layer
+from spectriton.geometry import LayerShape
 from spectriton.norm import MOMENTUM, SpectralNorm
-from spectriton.ops.rebuild import rebuild_input
-from spectriton.recompute import recomputed
 
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
 
@@ -342,132 +341,6 @@ class SpectralSequential(nn.Sequential):
         return run_layers(list(self), x)
 
 
-def _parameters(layers: list[SpectralConv2d]) -> list[torch.Tensor]:
-    return [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
-
-
-def run_layers(
-    layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool = True, residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Check ``x`` and run ``layers`` as one spectral block.
-
-    With ``hooks``, each layer is called as a module, so hooks (and the memory accounting)
-    see each one, with :class:`SpectralFlow` objects as input and output. ``residual``
-    (broadcasting to the output) is added to the last layer's product before its threshold and
-    activation: a residual block whose add and activation stay in the spectral domain.
-    """
-    _checks.spatial_input(x, layers[0].in_channels)
-    recompute = False  # compiled: the block keeps its spectra
-    if not torch.compiler.is_compiling():
-        if _in_backward():  # an outer checkpoint replays this block: as its forward decided
-            recompute = layers[0]._recomputed
-        else:
-            recompute = layers[0]._recomputed = _outweighs_input(layers, x, residual)
-    if recompute:
-        return _run_recomputed(layers, x, hooks, residual)
-    return _run_block(layers, x, hooks, residual)
-
-
-def _in_backward() -> bool:
-    """Whether autograd is running a backward pass (where checkpoints replay forwards)."""
-    return torch._C._current_graph_task_id() != -1
-
-
-def _run_block(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None):
-    flow = SpectralFlow.start(x, [layer.shape for layer in layers])
-    if x.shape[0] == 0:
-        anchor = empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
-        return anchor if residual is None else anchor + residual.sum() * 0
-    for index, layer in enumerate(layers):
-        extra = residual if index == len(layers) - 1 else None
-        flow = layer(flow, extra) if hooks else layer.step([flow], extra)
-    return spectral_output(flow)
-
-
-def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-    """Whether the block's kept values, at the fractions its layers kept in their last
-    training step, would outweigh what recomputing it in backward keeps instead: its output
-    (which the next block then keeps, having no spectrum to rebuild it from) and a shortcut
-    that is neither its input nor rebuildable. Its input costs the same either way (itself,
-    or the recipe both forms keep: the earlier block's spectrum). Then keeping those and
-    recomputing is the smaller exact form (DESIGN.md section 3): maps of a few pixels, whose
-    spectra lie on grids several times the map."""
-    if not (torch.is_grad_enabled() and layers[0].training):
-        return False
-    if any(layer.last_density is None for layer in layers):
-        return False
-    geom = block_geometry([layer.shape for layer in layers], tuple(x.shape[-2:]))
-    real = 8 if x.dtype == torch.float64 else 4
-    spectral = 0.0
-    for index, layer in enumerate(layers):
-        if layer.activation is None:  # keeps no values
-            continue
-        strided = index == len(layers) - 1 and geom.strided
-        bins = geom.of_output().bins if strided else geom.bins
-        pair = 2 * (2 if layer.value_dtype is not None else real)
-        spectral += layer.last_density * x.shape[0] * layer.out_channels * bins * pair
-    dense = x.shape[0] * layers[-1].out_channels * math.prod(geom.out) * x.element_size()
-    if residual is not None and residual is not x and provenance.lookup(residual) is None:
-        dense += residual.numel() * residual.element_size()
-    return spectral > dense
-
-
-def _run_recomputed(
-    layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None
-):
-    """:func:`_run_block` keeping its input and shortcut only, each as the recipe it can be
-    rebuilt from where it has one (kept already by the block that made it), run again in
-    backward with the moments the forward used (handed to the checkpoint: the running ones
-    move on)."""
-    moments = [None if layer.norm is None else layer.norm.moments(layer.training) for layer in layers]
-    modes = [layer.training for layer in layers]
-    same = residual is x
-    kept = [_Kept(x)] + ([_Kept(residual)] if residual is not None and not same else [])
-    forward = [x, residual]  # the forward's own tensors, let go once it ran
-
-    def body(*inputs):
-        if forward:
-            x, residual = forward
-            forward.clear()
-            return _run_block(layers, x, hooks, residual)
-        spatial = []
-        for tensor in kept:
-            spatial.append(tensor.rebuilt(inputs[: len(tensor.parts)]))
-            inputs = inputs[len(tensor.parts) :]
-        x = spatial[0]
-        residual = x if same else (spatial[1] if len(spatial) > 1 else None)
-        for layer, used, training in zip(layers, inputs, modes):
-            layer._replay = (used, training)
-        try:  # no module hooks: the forward ran them
-            return _run_block(layers, x, False, residual)
-        finally:
-            for layer in layers:
-                layer._replay = None
-
-    return recomputed(body, *(part for tensor in kept for part in tensor.parts), *moments)
-
-
-class _Kept:
-    """A spatial tensor a recomputed block keeps: itself, or the parts of its recipe
-    (:mod:`spectriton.provenance`), which the block that made it keeps anyway."""
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.recipe = provenance.lookup(t)
-        self.parts = [t] if self.recipe is None else self.recipe.tensors()
-        self.dtype, self.requires_grad = t.dtype, t.requires_grad
-
-    def rebuilt(self, parts) -> torch.Tensor:
-        """The tensor again from ``parts`` (as the checkpoint hands them back), with its
-        recipe, so that the replayed block keeps what its forward kept."""
-        if self.recipe is None:
-            return parts[0]
-        with torch.no_grad():  # the replay saves what its forward saved, no more
-            y = rebuild_input(list(parts), self.recipe.args, self.dtype)
-        y.requires_grad_(self.requires_grad)
-        provenance.record(y, self.recipe.rebind(list(parts)))
-        return y
-
-
 class SpectralDenseBlock(nn.Module):
     """DenseNet's dense block in the spectral domain: one FFT in, one IFFT out.
 
@@ -505,23 +378,3 @@ class SpectralDenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_dense_layers([[layer] for layer in self.layers], x)
-
-
-def run_dense_layers(stages: list[list[SpectralConv2d]], x: torch.Tensor) -> torch.Tensor:
-    """Run a dense block in the spectral domain: stage ``i``'s first layer reads ``x`` and
-    every earlier stage's output (channels concatenated in that order), its later layers
-    (a bottleneck's) read the layer before. Returns ``x`` and every stage's output
-    concatenated. Each source stays compressed once; no concatenated copy is made before
-    the output."""
-    _checks.spatial_input(x, stages[0][0].in_channels)
-    layers = [layer for stage in stages for layer in stage]
-    flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]
-    if x.shape[0] == 0:
-        channels = x.shape[1] + sum(stage[-1].out_channels for stage in stages)
-        return empty_output(x, _parameters(layers), channels, x.shape[-2:])
-    for stage in stages:
-        flow = stage[0](flows)
-        for layer in stage[1:]:
-            flow = layer(flow)
-        flows.append(flow)
-    return torch.cat([spectral_output(flow) for flow in flows], dim=1)

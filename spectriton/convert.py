@@ -48,13 +48,8 @@ import torch
 from torch import fx, nn
 
 from spectriton import _checks, patterns
-from spectriton.conv import (
-    SpectralConv2d,
-    SpectralDenseBlock,
-    SpectralSequential,
-    run_dense_layers,
-    run_layers,
-)
+from spectriton.blocks import run_dense_layers, run_layers
+from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential
 from spectriton.converted import Absorbed, converted_class
 from spectriton.pooling import CompactAvgPool2d, CompactMaxPool2d
 

@@ -4,7 +4,7 @@ A checkpoint keeps its inputs in its own frame, out of sight of saved-tensor hoo
 :func:`recomputed` hands them to autograd as well (the same tensors: no extra bytes), so
 that hooks and :func:`spectriton.memory.saved_bytes` see what it really keeps. Used by the
 checkpointing baseline (:mod:`spectriton.checkpointing`) and by spectral blocks whose kept
-spectra would outweigh their input (:func:`spectriton.conv.run_layers`).
+spectra would outweigh their input (:func:`spectriton.blocks.run_layers`).
 """
 
 from __future__ import annotations

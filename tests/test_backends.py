@@ -11,10 +11,10 @@ pytest.importorskip("spectriton.kernels")
 
 
 def _run(model, x, backend, monkeypatch):
-    from spectriton import conv
+    from spectriton import blocks
 
     monkeypatch.setenv("SPECTRITON_BACKEND", backend)
-    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)  # both runs keep spectra
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)  # both runs keep spectra
     report = saved_bytes(model, x)
     y = model(x)
     grads = torch.autograd.grad(y.square().sum(), [x, *model.parameters()])

@@ -76,9 +76,9 @@ def test_torch_compile_gives_eager_outputs_and_gradients(compiler, monkeypatch):
 
 
 def test_checkpoint_gives_the_same_results_and_keeps_nothing_of_the_block(monkeypatch):
-    from spectriton import conv
+    from spectriton import blocks
 
-    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)  # the block keeps its spectra
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)  # the block keeps its spectra
     block = _block()
     x = torch.randn(2, 2, 9, 9)
     plain = _outputs_and_grads(block, x)

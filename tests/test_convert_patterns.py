@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import spectriton as st
-from spectriton.conv import run_layers
+from spectriton.blocks import run_layers
 from spectriton.converted import Absorbed
 
 

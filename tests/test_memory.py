@@ -198,7 +198,7 @@ def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes
     after a first step, which measures what each layer keeps, the block keeps its input
     (and the moments it normalised with) and runs again in backward, with the outputs,
     gradients and running moments that kept spectra give."""
-    from spectriton import conv
+    from spectriton import blocks
 
     torch.manual_seed(0)
     options = dict(padding=1, activation="split_tanh", normalize=True, affine=True)
@@ -217,7 +217,7 @@ def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes
     step(recomputing)
     assert saved_bytes(recomputing, x).total == x.numel() * 4 + 2 * (2 * 16 * 4)
     recomputed = step(recomputing)
-    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)
     step(keeping)
     assert saved_bytes(keeping, x).total > 4 * x.numel() * 4
     for a, b in zip(recomputed, step(keeping), strict=True):
@@ -244,7 +244,7 @@ class _Stage(nn.Module):
         )
 
     def forward(self, x):
-        from spectriton.conv import run_layers
+        from spectriton.blocks import run_layers
 
         h = self.main(x)
         return run_layers(list(self.block), h, residual=h if self.identity else self.shortcut(x))
@@ -256,13 +256,13 @@ def test_a_recomputed_block_keeps_the_recipes_of_its_input_and_shortcut(monkeypa
     spectra those blocks keep anyway, not the maps: it adds to what the model keeps only a
     byte a sample for each (which samples were not finite), and its replay rebuilds both,
     bitwise, for the gradients of the block that keeps its spectra."""
-    from spectriton import conv
+    from spectriton import blocks
 
     torch.manual_seed(0)
     keeping = _Stage(identity)
     recomputing = copy.deepcopy(keeping)
     x = torch.randn(2, 3, 8, 8)
-    monkeypatch.setattr(conv, "_outweighs_input", lambda layers, *_: layers[0] is recomputing.block[0])
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda layers, *_: layers[0] is recomputing.block[0])
     kept = saved_bytes(keeping, x).per_module
     assert kept["block.0"] > 0 and kept["block.1"] > 0
     upstream = sum(v for name, v in kept.items() if not name.startswith("block"))
@@ -303,13 +303,13 @@ def test_an_outer_checkpoint_replays_a_block_as_its_forward_decided(monkeypatch)
     choice between spectra and recomputing, though what the layers keep moved since."""
     from torch.utils.checkpoint import checkpoint
 
-    from spectriton import conv
+    from spectriton import blocks
 
     torch.manual_seed(0)
     model = st.SpectralSequential(st.SpectralConv2d(4, 4, 3, padding=1, activation="split_tanh"))
     x = torch.randn(2, 4, 5, 5, requires_grad=True)
     model(x)
     choices = iter([True, False])  # the forward recomputes; asked again, it would not
-    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: next(choices))
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: next(choices))
     checkpoint(model, x, use_reentrant=False).sum().backward()
     assert x.grad is not None

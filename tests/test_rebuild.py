@@ -87,9 +87,9 @@ def _grads(model, x):
 )
 def test_rebuilt_input_gives_the_gradients_of_the_kept_one(pool, monkeypatch):
     """Bitwise: the rebuilt input is the tensor the forward read."""
-    from spectriton import conv
+    from spectriton import blocks
 
-    monkeypatch.setattr(conv, "_outweighs_input", lambda *args: False)  # small blocks that keep spectra
+    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)  # small blocks that keep spectra
     model, x = _two_blocks(pool=pool), torch.randn(3, 2, 9, 9)
     rebuilt = _grads(model, x)
     assert not any(dense for _, dense in _saved(model, x))

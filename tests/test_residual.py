@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import spectriton as st
 from spectriton import transforms
-from spectriton.conv import run_layers
+from spectriton.blocks import run_layers
 from spectriton.geometry import BlockGeometry
 
 
