@@ -132,6 +132,15 @@ def activation(value: str | None) -> str | None:
     return value
 
 
+KEEP = ("auto", "spectra", "input")
+
+
+def keep(value: str) -> str:
+    if value not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {value!r}")
+    return value
+
+
 def value_dtype(value: torch.dtype | None) -> torch.dtype | None:
     if value not in VALUE_DTYPES:
         names = ", ".join(str(v) for v in VALUE_DTYPES)

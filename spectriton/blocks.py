@@ -38,6 +38,10 @@ def run_layers(
     see each one, with :class:`SpectralFlow` objects as input and output. ``residual``
     (broadcasting to the output) is added to the last layer's product before its threshold and
     activation: a residual block whose add and activation stay in the spectral domain.
+
+    What the block keeps for backward is its first layer's ``keep`` (see
+    :class:`~spectriton.SpectralConv2d`); ``"auto"`` keeps its input where its spectra
+    would outweigh it (:func:`_outweighs_input`). Compiled, a block keeps its spectra.
     """
     _checks.spatial_input(x, layers[0].in_channels)
     recompute = False  # compiled: the block keeps its spectra
@@ -45,10 +49,18 @@ def run_layers(
         if _in_backward():  # an outer checkpoint replays this block: as its forward decided
             recompute = layers[0]._recomputed
         else:
-            recompute = layers[0]._recomputed = _outweighs_input(layers, x, residual)
+            recompute = layers[0]._recomputed = _keeps_input(layers, x, residual)
     if recompute:
         return _run_recomputed(layers, x, hooks, residual)
     return _run_block(layers, x, hooks, residual)
+
+
+def _keeps_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether this forward keeps the block's input and runs it again in backward (only
+    where autograd records it), by the first layer's ``keep``."""
+    if not torch.is_grad_enabled() or layers[0].keep == "spectra":
+        return False
+    return layers[0].keep == "input" or _outweighs_input(layers, x, residual)
 
 
 def _in_backward() -> bool:

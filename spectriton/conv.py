@@ -52,6 +52,12 @@ class SpectralConv2d(nn.Module):
 
     Used alone it is a block of one layer (one FFT, one IFFT); chain several in a
     :class:`SpectralSequential` to stay in the spectral domain between them.
+
+    ``keep`` is what the block this layer starts keeps for backward (the memory policy):
+    ``"spectra"``, its layers' compressed spectra; ``"input"``, its input and shortcut only
+    (each as the recipe an earlier block keeps anyway, where it has one), the block running
+    again in backward; ``"auto"`` (the default), whichever is smaller by the rule of
+    :func:`spectriton.blocks.run_layers`. Outputs and gradients are the same either way.
     """
 
     _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
@@ -75,10 +81,12 @@ class SpectralConv2d(nn.Module):
         groups: int = 1,
         normalize: bool = False,
         affine: bool = False,
+        keep: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.keep = _checks.keep(keep)
         self.in_channels = _checks.positive_int(in_channels, "in_channels")
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
@@ -289,6 +297,8 @@ class SpectralConv2d(nn.Module):
         )
         if self.dilation != (1, 1):
             text += f", dilation={self.dilation}"
+        if self.keep != "auto":
+            text += f", keep={self.keep!r}"
         if self.groups != 1:
             text += f", groups={self.groups}"
         if self.activation:

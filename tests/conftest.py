@@ -176,3 +176,14 @@ def safe_beta(magnitudes: torch.Tensor, quantile: float, margin: float = 1e-3) -
     if gaps[i] < 2 * margin:
         raise ValueError("no gap wide enough for a safe threshold")
     return float((m[i] + m[i + 1]) / 2)
+
+
+def keep(model, policy: str):
+    """Set what every spectral block of ``model`` keeps for backward (``SpectralConv2d.keep``,
+    read from each block's first layer): ``"spectra"``, ``"input"`` or ``"auto"``."""
+    from spectriton import SpectralConv2d
+
+    for module in model.modules():
+        if isinstance(module, SpectralConv2d):
+            module.keep = policy
+    return model

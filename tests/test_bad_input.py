@@ -79,6 +79,7 @@ MODULES = [
     ("zero density", lambda: conv(3, 4, 3, density=0.0), ValueError, ["density", "(0, 1]"]),
     ("string density", lambda: conv(3, 4, 3, density="0.5"), TypeError, ["density"]),
     ("beta and density", lambda: conv(3, 4, 3, beta=0.5, density=0.5), ValueError, ["beta", "density"]),
+    ("unknown keep policy", lambda: conv(3, 4, 3, keep="never"), ValueError, ["keep", "'spectra'"]),
     ("from_conv of a Linear", lambda: conv.from_conv(nn.Linear(3, 4)), TypeError, ["conv", "Conv2d"]),
     ("groups not dividing channels", lambda: conv(6, 4, 3, groups=4), ValueError, ["groups", "divisible"]),
     ("zero groups", lambda: conv(4, 4, 3, groups=0), ValueError, ["groups"]),

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from conftest import keep
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.checkpoint import checkpoint
@@ -75,11 +76,8 @@ def test_torch_compile_gives_eager_outputs_and_gradients(compiler, monkeypatch):
         torch.compiler.reset()
 
 
-def test_checkpoint_gives_the_same_results_and_keeps_nothing_of_the_block(monkeypatch):
-    from spectriton import blocks
-
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)  # the block keeps its spectra
-    block = _block()
+def test_checkpoint_gives_the_same_results_and_keeps_nothing_of_the_block():
+    block = keep(_block(), "spectra")  # the block keeps its spectra
     x = torch.randn(2, 2, 9, 9)
     plain = _outputs_and_grads(block, x)
     wrapped = _Checkpointed(block)

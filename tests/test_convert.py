@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import keep
 from torch import nn
 
 import spectriton as st
@@ -71,12 +72,10 @@ def test_specnet_mode_merges_resnet_basic_blocks_and_saves_memory():
     assert saved_bytes(model, x).total < before
 
 
-def test_a_converted_resnet_recomputes_its_small_blocks_bitwise(monkeypatch):
+def test_a_converted_resnet_recomputes_its_small_blocks_bitwise():
     """From its second step a converted ResNet-18 recomputes the blocks on its small maps
     (their spectra outweigh their outputs), with bitwise the outputs, gradients and running
     moments of the same model keeping every block's spectra."""
-    from spectriton import blocks
-
     model = st.convert(_torchvision("resnet18")).train()
     x, target = torch.randn(4, 3, 32, 32), torch.arange(4)
     nn.functional.cross_entropy(model(x), target).backward()  # measures what each layer keeps
@@ -90,7 +89,7 @@ def test_a_converted_resnet_recomputes_its_small_blocks_bitwise(monkeypatch):
 
     recomputed = step(model)
     assert sum(m._recomputed for m in model.modules() if isinstance(m, st.SpectralConv2d)) >= 3
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)
+    keep(keeping, "spectra")
     for a, b in zip(recomputed, step(keeping), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import keep
 from torch import nn
 
 import spectriton as st
@@ -193,19 +194,17 @@ def test_a_strided_layer_keeps_the_spectrum_of_its_output():
     assert saved == x.numel() * 4 + nnz * 8 + 4 * math.ceil(bins * maps / 32) + 8 * (bins + 1)
 
 
-def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes(monkeypatch):
+def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes():
     """On 1 x 1 maps a block's spectra (6 bins a map on its 3 x 3 grid) outweigh its input:
     after a first step, which measures what each layer keeps, the block keeps its input
     (and the moments it normalised with) and runs again in backward, with the outputs,
     gradients and running moments that kept spectra give."""
-    from spectriton import blocks
-
     torch.manual_seed(0)
     options = dict(padding=1, activation="split_tanh", normalize=True, affine=True)
     recomputing = st.SpectralSequential(
         st.SpectralConv2d(16, 16, 3, **options), st.SpectralConv2d(16, 16, 3, **options)
     )
-    keeping = copy.deepcopy(recomputing)
+    keeping = keep(copy.deepcopy(recomputing), "spectra")
     x = torch.randn(8, 16, 1, 1)
 
     def step(model):
@@ -217,7 +216,6 @@ def test_a_block_whose_spectra_outweigh_its_input_keeps_the_input_and_recomputes
     step(recomputing)
     assert saved_bytes(recomputing, x).total == x.numel() * 4 + 2 * (2 * 16 * 4)
     recomputed = step(recomputing)
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)
     step(keeping)
     assert saved_bytes(keeping, x).total > 4 * x.numel() * 4
     for a, b in zip(recomputed, step(keeping), strict=True):
@@ -251,18 +249,16 @@ class _Stage(nn.Module):
 
 
 @pytest.mark.parametrize("identity", [True, False], ids=["identity", "shortcut"])
-def test_a_recomputed_block_keeps_the_recipes_of_its_input_and_shortcut(monkeypatch, identity):
+def test_a_recomputed_block_keeps_the_recipes_of_its_input_and_shortcut(identity):
     """Recomputed, a block whose input and shortcut are earlier blocks' outputs keeps the
     spectra those blocks keep anyway, not the maps: it adds to what the model keeps only a
     byte a sample for each (which samples were not finite), and its replay rebuilds both,
     bitwise, for the gradients of the block that keeps its spectra."""
-    from spectriton import blocks
-
     torch.manual_seed(0)
-    keeping = _Stage(identity)
+    keeping = keep(_Stage(identity), "spectra")
     recomputing = copy.deepcopy(keeping)
+    recomputing.block[0].keep = "input"
     x = torch.randn(2, 3, 8, 8)
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda layers, *_: layers[0] is recomputing.block[0])
     kept = saved_bytes(keeping, x).per_module
     assert kept["block.0"] > 0 and kept["block.1"] > 0
     upstream = sum(v for name, v in kept.items() if not name.startswith("block"))
@@ -298,18 +294,17 @@ def test_a_recomputed_block_replays_in_the_mode_it_ran():
         torch.testing.assert_close(p.grad, g, atol=0, rtol=0)
 
 
-def test_an_outer_checkpoint_replays_a_block_as_its_forward_decided(monkeypatch):
+def test_an_outer_checkpoint_replays_a_block_as_its_forward_decided():
     """Under the user's own checkpoint, the replay in backward keeps to the forward's
     choice between spectra and recomputing, though what the layers keep moved since."""
     from torch.utils.checkpoint import checkpoint
-
-    from spectriton import blocks
 
     torch.manual_seed(0)
     model = st.SpectralSequential(st.SpectralConv2d(4, 4, 3, padding=1, activation="split_tanh"))
     x = torch.randn(2, 4, 5, 5, requires_grad=True)
     model(x)
-    choices = iter([True, False])  # the forward recomputes; asked again, it would not
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: next(choices))
-    checkpoint(model, x, use_reentrant=False).sum().backward()
-    assert x.grad is not None
+    model[0].keep = "input"  # the forward recomputes
+    y = checkpoint(model, x, use_reentrant=False)
+    model[0].keep = "spectra"  # asked again, it would not
+    y.sum().backward()
+    assert x.grad is not None and model[0]._recomputed

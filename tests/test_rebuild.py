@@ -4,6 +4,7 @@ and the pool's window index, and rebuilds its input in backward."""
 
 import pytest
 import torch
+from conftest import keep
 from torch import nn
 from torch.autograd import gradcheck
 from torch.func import functional_call
@@ -87,10 +88,8 @@ def _grads(model, x):
 )
 def test_rebuilt_input_gives_the_gradients_of_the_kept_one(pool, monkeypatch):
     """Bitwise: the rebuilt input is the tensor the forward read."""
-    from spectriton import blocks
-
-    monkeypatch.setattr(blocks, "_outweighs_input", lambda *args: False)  # small blocks that keep spectra
-    model, x = _two_blocks(pool=pool), torch.randn(3, 2, 9, 9)
+    model = keep(_two_blocks(pool=pool), "spectra")  # small blocks that keep spectra
+    x = torch.randn(3, 2, 9, 9)
     rebuilt = _grads(model, x)
     assert not any(dense for _, dense in _saved(model, x))
     monkeypatch.setattr(provenance, "lookup", lambda tensor: None)  # keep the input instead
