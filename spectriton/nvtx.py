@@ -19,16 +19,11 @@ import torch
 PREFIX = "spectriton."
 
 
-@functools.cache
-def _cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 def enabled() -> bool:
     """Whether ranges are pushed: CUDA present, not turned off, not inside a compiled graph."""
     if torch.compiler.is_compiling():
         return False
-    return os.environ.get("SPECTRITON_NVTX", "1") != "0" and _cuda()
+    return os.environ.get("SPECTRITON_NVTX", "1") != "0" and torch.cuda.is_available()
 
 
 class _Range:

@@ -20,7 +20,7 @@ def pushed(monkeypatch):
     def pop():
         depth[0] -= 1
 
-    monkeypatch.setattr(nvtx, "_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda.nvtx, "range_push", push)
     monkeypatch.setattr(torch.cuda.nvtx, "range_pop", pop)
     return names, depth
