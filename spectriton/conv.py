@@ -16,7 +16,7 @@ from spectriton import _checks, transforms
 from spectriton.blocks import run_dense_layers, run_layers
 from spectriton.functional import SpectralFlow, spectral_layer
 from spectriton.geometry import LayerShape
-from spectriton.norm import MOMENTUM, SpectralNorm
+from spectriton.norm import SpectralNorm, running_update
 
 STARVED = 0.01  # a layer keeping less than this fraction of its spectrum in training is warned about
 
@@ -42,7 +42,7 @@ class SpectralConv2d(nn.Module):
     each channel's standard deviation. Its submodule ``norm``, a
     :class:`~spectriton.norm.SpectralNorm`, holds what BatchNorm contributes: the running
     statistics used (``running_moments``: ``(2, out_channels)``, mean and mean square,
-    running averages of the batches', momentum ``MOMENTUM``; the first training batch
+    running averages of the batches', momentum ``spectriton.norm.MOMENTUM``; the first training batch
     calibrates them in a forward without autograd), constants of each step, so the
     gradients are exact for the forward computed. ``affine=True`` (with ``normalize``) then
     scales each channel by ``norm.weight`` and shifts it by ``norm.bias`` (trainable, ones
@@ -260,7 +260,8 @@ class SpectralConv2d(nn.Module):
         flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
         if training and replay is None:
             if self.density is not None:
-                _update_running(self.threshold, flow.beta)
+                with torch.no_grad():
+                    self.threshold.copy_(running_update(self.threshold, flow.beta))
             if norm is not None:
                 norm.update(flow.moments)
         if not torch.compiler.is_compiling():  # a host number: eager only
@@ -312,15 +313,6 @@ class SpectralConv2d(nn.Module):
         if self.affine:
             text += ", affine=True"
         return text
-
-
-def _update_running(running: torch.Tensor, batch: torch.Tensor) -> None:
-    """``running`` toward ``batch`` by ``MOMENTUM`` (set to it while NaN), where ``batch`` is
-    finite; on the device, no host synchronisation."""
-    with torch.no_grad():
-        batch = batch.to(running)
-        updated = torch.where(torch.isnan(running), batch, torch.lerp(running, batch, MOMENTUM))
-        running.copy_(torch.where(torch.isfinite(batch), updated, running))
 
 
 class SpectralSequential(nn.Sequential):

@@ -9,6 +9,15 @@ MOMENTUM = 0.1  # of the running threshold (density mode) and moments (normalize
 _INITIAL = {"running_mean": 0.0, "running_var": 1.0, "num_batches_tracked": 0}  # nn.BatchNorm2d's
 
 
+def running_update(running: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """``running`` moved toward ``batch`` by ``MOMENTUM`` (``batch`` itself where ``running``
+    is NaN), left as it is where ``batch`` is not finite; on the device, no host
+    synchronisation. Used for the running moments and a density budget's running threshold."""
+    batch = batch.to(running)
+    updated = torch.where(torch.isnan(running), batch, torch.lerp(running, batch, MOMENTUM))
+    return torch.where(torch.isfinite(batch), updated, running)
+
+
 class SpectralNorm(nn.Module):
     """The running statistics a normalised :class:`~spectriton.SpectralConv2d` normalises
     each output channel of its product with, their calibration and update, and the affine
@@ -109,10 +118,7 @@ class SpectralNorm(nn.Module):
         """Move the statistics toward ``batch``'s moments by ``MOMENTUM`` (set them where
         uncalibrated), where ``batch`` is finite; on the device, no host synchronisation."""
         with torch.no_grad():
-            running = self.moments(True)
-            batch = batch.to(running)
-            updated = torch.where(torch.isnan(running), batch, torch.lerp(running, batch, MOMENTUM))
-            self._store(torch.where(torch.isfinite(batch), updated, running))
+            self._store(running_update(self.moments(True), batch))
             self.num_batches_tracked.add_(1)
 
     def _store(self, moments: torch.Tensor) -> None:
