@@ -104,7 +104,11 @@ def product(
 ) -> torch.Tensor:
     """``Y[f] = X[f] K[f]``: ``Y[n, o] = sum_c X[n, c] conj(W[o, c])``, plus ``bias_dc[o]``
     on the DC bin. Dense complex ``(bins, N, O)``."""
-    y = torch.matmul(operand(inputs), kernel)
+    return _plus_bias(torch.matmul(operand(inputs), kernel), bias_dc)
+
+
+def _plus_bias(y: torch.Tensor, bias_dc: torch.Tensor | None) -> torch.Tensor:
+    """``y`` with ``bias_dc[o]`` added to its DC bin, in place."""
     if bias_dc is not None:
         y[0] += bias_dc.to(y.real.dtype)
     return y
@@ -135,10 +139,7 @@ def grouped_product(
     group's channels multiply only its own (:mod:`spectriton.grouped`)."""
     if groups == 1:
         return product(inputs, kernel, bias_dc)
-    y = grouped.product(operand(inputs), kernel, groups)
-    if bias_dc is not None:
-        y[0] += bias_dc.to(y.real.dtype)
-    return y
+    return _plus_bias(grouped.product(operand(inputs), kernel, groups), bias_dc)
 
 
 def grouped_product_input_grad(
