@@ -44,38 +44,76 @@ def run_layers(
     would outweigh it (:func:`_outweighs_input`). Compiled, a block keeps its spectra.
     """
     _checks.spatial_input(x, layers[0].in_channels)
-    recompute = False  # compiled: the block keeps its spectra
+    keeps_input = _keeps_input(layers, x, residual)
     if not torch.compiler.is_compiling():
-        if _in_backward():  # an outer checkpoint replays this block: as its forward decided
-            recompute = layers[0]._recomputed
-        else:
-            recompute = layers[0]._recomputed = _keeps_input(layers, x, residual)
-    if recompute:
+        layers[0].last_keep = "input" if keeps_input else "spectra"
+    if keeps_input:
         return _run_recomputed(layers, x, hooks, residual)
     return _run_block(layers, x, hooks, residual)
 
 
 def _keeps_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Whether this forward keeps the block's input and runs it again in backward (only
-    where autograd records it), by the first layer's ``keep``."""
-    if not torch.is_grad_enabled() or layers[0].keep == "spectra":
+    where autograd records it), by the first layer's ``keep``. Compiled, a block keeps its
+    spectra.
+
+    ``"auto"`` decides at the first forward after a backward reached the block's parameters
+    (and wherever the input's shape or the mode changes), from what its layers kept in the
+    step before: an outer ``torch.utils.checkpoint`` that runs the block again in backward,
+    before its parameters' gradients, finds the forward's decision though the layers
+    measured new densities since (the replay must save what the forward saved)."""
+    first = layers[0]
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or first.keep == "spectra":
         return False
-    return layers[0].keep == "input" or _outweighs_input(layers, x, residual)
+    if first.keep == "input":
+        return True
+    key = (first.training, tuple(x.shape), x.dtype)
+    if first._plan is None or first._plan.key != key:
+        if first._plan is not None:
+            first._plan.handle.remove()
+        first._plan = _Plan(key, _outweighs_input(layers, x, residual), layers)
+    return first._plan.keeps_input
 
 
-def _in_backward() -> bool:
-    """Whether autograd is running a backward pass (where checkpoints replay forwards)."""
-    return torch._C._current_graph_task_id() != -1
+class _Plan:
+    """``keep="auto"``'s decision for a block, held by its first layer until a backward
+    reaches the block's parameters."""
+
+    def __init__(self, key: tuple, keeps_input: bool, layers: list[SpectralConv2d]) -> None:
+        self.key, self.keeps_input = key, keeps_input
+        first = layers[0]
+        trained = [p for p in _parameters(layers) if p.requires_grad]
+
+        def done(_grad) -> None:
+            self.handle.remove()
+            if first._plan is self:
+                first._plan = None
+
+        self.handle = torch.autograd.graph.register_multi_grad_hook(trained, done, mode="any")
+
+    def __reduce__(self):
+        return type(None), ()  # a copied or pickled layer decides afresh
 
 
-def _run_block(layers: list[SpectralConv2d], x: torch.Tensor, hooks: bool, residual: torch.Tensor | None):
+def _run_block(
+    layers: list[SpectralConv2d],
+    x: torch.Tensor,
+    hooks: bool,
+    residual: torch.Tensor | None,
+    replays: list[tuple] | None = None,
+):
+    """The block's layers on its flow; ``replays``: each layer's ``(moments, training)`` when
+    a checkpoint runs the block again in backward (:meth:`SpectralConv2d.step`)."""
     flow = SpectralFlow.start(x, [layer.shape for layer in layers])
     if x.shape[0] == 0:
         anchor = empty_output(x, _parameters(layers), layers[-1].out_channels, flow.geom.out)
         return anchor if residual is None else anchor + residual.sum() * 0
     for index, layer in enumerate(layers):
         extra = residual if index == len(layers) - 1 else None
-        flow = layer(flow, extra) if hooks else layer.step([flow], extra)
+        if replays is not None:
+            flow = layer.step([flow], extra, replay=replays[index])
+        else:
+            flow = layer(flow, extra) if hooks else layer.step([flow], extra)
     return spectral_output(flow)
 
 
@@ -131,13 +169,8 @@ def _run_recomputed(
             inputs = inputs[len(tensor.parts) :]
         x = spatial[0]
         residual = x if same else (spatial[1] if len(spatial) > 1 else None)
-        for layer, used, training in zip(layers, inputs, modes):
-            layer._replay = (used, training)
-        try:  # no module hooks: the forward ran them
-            return _run_block(layers, x, False, residual)
-        finally:
-            for layer in layers:
-                layer._replay = None
+        replays = list(zip(inputs, modes, strict=True))
+        return _run_block(layers, x, False, residual, replays)  # no module hooks: the forward ran them
 
     return recomputed(body, *(part for tensor in kept for part in tensor.parts), *moments)
 

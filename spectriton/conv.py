@@ -58,10 +58,9 @@ class SpectralConv2d(nn.Module):
     (each as the recipe an earlier block keeps anyway, where it has one), the block running
     again in backward; ``"auto"`` (the default), whichever is smaller by the rule of
     :func:`spectriton.blocks.run_layers`. Outputs and gradients are the same either way.
+    ``last_keep`` says which the block kept in its last forward (eager only), as
+    ``last_density`` says the fraction of its spectrum the layer kept.
     """
-
-    _replay: tuple | None = None  # (moments, training) while a checkpoint runs this layer's step again
-    _recomputed = False  # whether the block this layer starts kept its input in its last forward
 
     def __init__(
         self,
@@ -87,6 +86,8 @@ class SpectralConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.keep = _checks.keep(keep)
+        self._plan = None  # keep="auto"'s decision until the next backward (spectriton.blocks)
+        self._warned = False  # about a starved spectrum, once
         self.in_channels = _checks.positive_int(in_channels, "in_channels")
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
@@ -114,6 +115,7 @@ class SpectralConv2d(nn.Module):
         if self.density is not None and self.beta != 0:
             raise ValueError("give either beta or density, not both")
         self.last_density: float | None = None
+        self.last_keep: str | None = None  # what the block this layer starts kept in its last forward
         if self.density is not None:
             self.register_buffer("threshold", torch.full((), float("nan"), device=device))
         self.normalize = _checks.boolean(normalize, "normalize")
@@ -242,12 +244,16 @@ class SpectralConv2d(nn.Module):
             return self.step(flows, residual)
         return run_layers([self], x, hooks=False, residual=residual)
 
-    def step(self, flows: list[SpectralFlow], residual: torch.Tensor | None = None) -> SpectralFlow:
+    def step(
+        self, flows: list[SpectralFlow], residual: torch.Tensor | None = None, replay: tuple | None = None
+    ) -> SpectralFlow:
         """Product with this layer's kernel spectrum, threshold and activation, on the
         spectral flow of a block (several flows in a dense block, channels in order);
         ``residual``, a spatial batch broadcasting to the block's output, is added to the product
-        (after the normalisation) in the spectral domain."""
-        norm, replay = self.norm, self._replay  # replay: recomputed in backward, as the forward ran
+        (after the normalisation) in the spectral domain. ``replay``: ``(moments, training)``
+        when a checkpoint runs this step again in backward, as the forward ran it (the
+        running statistics stay as they are)."""
+        norm = self.norm
         training = self.training if replay is None else replay[1]
         moments = affine = None
         if replay is not None:
@@ -266,7 +272,7 @@ class SpectralConv2d(nn.Module):
                 norm.update(flow.moments)
         if not torch.compiler.is_compiling():  # a host number: eager only
             self.last_density = flow.density
-            if self.training and self.last_density < STARVED and not getattr(self, "_warned", False):
+            if self.training and self.last_density < STARVED and not self._warned:
                 self._warned = True
                 warnings.warn(
                     f"SpectralConv2d({self.extra_repr()}) keeps {self.last_density:.2%} of its spectrum "

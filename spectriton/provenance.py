@@ -5,10 +5,12 @@ max-pooled afterwards; backward keeps ``Z`` and the pool's window index anyway. 
 a tensor is the next block's input, the next block's first layer saves those instead of
 the dense input and rebuilds it in backward (:func:`spectriton.ops.rebuild.rebuild_input`).
 
-A recipe holds its tensors weakly: it is valid only while autograd keeps them (so under
-``torch.utils.checkpoint``, or where nothing saved them, the next block keeps its input
-as usual) and while the tensor it rebuilds is not modified in place (its version counter
-is checked). Under ``torch.compile`` nothing is recorded.
+A recipe travels with the tensor it describes, as an attribute of that tensor: a view, a
+copy or a detached alias has none (the next block keeps it as usual), and none survives
+pickling. It holds its tensors weakly: it is valid only while autograd keeps them (so under
+``torch.utils.checkpoint``, or where nothing saved them, the next block keeps its input as
+usual) and while the tensor it rebuilds is not modified in place (its version counter is
+checked). Under ``torch.compile`` nothing is recorded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from spectriton.geometry import BlockGeometry
 
@@ -90,15 +91,18 @@ class Recipe:
             return None
         return [*held[:3], self.nonfinite, *held[3:]]
 
+    def __reduce__(self):
+        return type(None), ()  # copied or pickled, a tensor leaves autograd's parts behind
+
 
 POOL_ARGS = 6  # the last arguments: a max pool's kernel, stride and padding (zeros: none)
-_RECIPES = WeakIdKeyDictionary()
+_ATTRIBUTE = "_spectriton_recipe"  # where a tensor carries its recipe
 
 
 def record(tensor: torch.Tensor, recipe: Recipe) -> None:
     """Say how ``tensor`` can be rebuilt (eager only)."""
     if not torch.compiler.is_compiling():
-        _RECIPES[tensor] = replace(recipe, version=tensor._version)
+        setattr(tensor, _ATTRIBUTE, replace(recipe, version=tensor._version))
 
 
 def lookup(tensor: torch.Tensor) -> Recipe | None:
@@ -106,7 +110,7 @@ def lookup(tensor: torch.Tensor) -> Recipe | None:
     keeps its parts."""
     if torch.compiler.is_compiling():
         return None
-    recipe = _RECIPES.get(tensor)
+    recipe = getattr(tensor, _ATTRIBUTE, None)
     if recipe is None or recipe.version != tensor._version or recipe.tensors() is None:
         return None
     return recipe

@@ -2,6 +2,9 @@
 block's output (straight or through a compact pool) keeps that block's compressed output
 and the pool's window index, and rebuilds its input in backward."""
 
+import copy
+import io
+
 import pytest
 import torch
 from conftest import keep
@@ -109,6 +112,23 @@ def test_gradcheck_across_a_block_boundary_with_a_pool(pool):
         return functional_call(model, dict(zip(names, params)), (x,))
 
     assert gradcheck(f, (x, *params))
+
+
+def test_a_recipe_travels_with_its_tensor_only():
+    """The block output carries its recipe; a detached alias does not, and a tensor that
+    carries one copies and pickles without it (its parts are autograd's)."""
+    model, x = _two_blocks(), torch.randn(2, 2, 8, 8)
+    y = model[0](x)
+    assert provenance.lookup(y) is not None
+    assert provenance.lookup(y.detach()) is None
+    with torch.no_grad():
+        z = model[0](x)  # a recipe whose parts nothing keeps
+    buffer = io.BytesIO()
+    torch.save(z, buffer)
+    buffer.seek(0)
+    for again in (torch.load(buffer), copy.deepcopy(z)):
+        torch.testing.assert_close(again, z, atol=0, rtol=0)
+        assert provenance.lookup(again) is None
 
 
 def test_a_modified_input_is_kept_not_rebuilt():
