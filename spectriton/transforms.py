@@ -7,7 +7,8 @@ the spectral product is ``Y[f] = X[f] K[f]`` (``Y[n, o] = sum_c X[n, c] conj(W[o
 cross-correlation), the input gradient ``gY[f] K[f]^H`` (``K^H`` built directly, not
 transposed) and the kernel gradient ``X[f]^H gY[f]``: three GEMMs per frequency. ``K`` is a small DFT
 over the ``k x k`` taps computed as one real matmul, not an FFT of zero-padded kernels.
-The FFTs use cuFFT or pocketFFT through ``torch.fft``; each adjoint matches what
+The transforms are GEMMs on cached DFT tables on CPU and small grids (:mod:`spectriton.dft`),
+FFTs otherwise (cuFFT or pocketFFT through ``torch.fft``); each adjoint matches what
 ``torch.autograd`` computes through its forward (the tests check).
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from spectriton import dft
 from spectriton.geometry import BlockGeometry
 from spectriton.numerics import half_spectrum
 
@@ -45,6 +47,8 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     The adjoint of a real-input FFT is an inverse real FFT of the gradient with the columns
     that it mirrors weighted by one half (a real transform, half the work of a complex one).
     """
+    if dft.use_gemm(g, grid):
+        return dft.synthesis(g, grid, _span(size[0]), _span(size[1]))
     spectrum = scale_mirrored_(g.reshape(*half_spectrum(grid), *g.shape[1:]).clone(), grid, 0.5)
     space = torch.fft.irfft2(spectrum, s=grid, dim=(0, 1), norm="ortho")
     return space[: size[0], : size[1]].permute(2, 3, 0, 1).contiguous()
@@ -116,6 +120,16 @@ def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
         return torch.complex(dft[:, :taps], -dft[:, taps:])
 
 
+def _span(size: int) -> tuple[int, ...]:
+    return tuple(range(size))
+
+
+def _positions(geom: BlockGeometry, axis: int) -> tuple[int, ...]:
+    """The grid index each output index reads along ``axis``: ``(i * stride - offset) mod P``."""
+    size, stride, offset = geom.grid[axis], geom.stride[axis], geom.offset[axis]
+    return tuple((i * stride - offset) % size for i in range(geom.out[axis]))
+
+
 def _crop_slices(geom: BlockGeometry, axis: int) -> list[tuple[slice, slice]]:
     """(grid slice, output slice) pairs along ``axis``: output index ``i`` reads circular
     grid index ``(i * stride - offset) mod P``, which is at most two strided runs."""
@@ -143,6 +157,9 @@ def to_space(
     whatever later saves it holds only the output's bytes.
     """
     batch, channels = spectrum.shape[1:]
+    if dft.use_gemm(spectrum, geom.grid):
+        y = dft.synthesis(spectrum, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored=2.0)
+        return y.contiguous(memory_format=memory_format)
     grid_spectrum = spectrum.view(*geom.half, batch, channels).permute(2, 3, 0, 1)
     y = torch.fft.irfft2(grid_spectrum, s=geom.grid, norm="ortho")
     out = torch.empty(batch, channels, *geom.out, dtype=y.dtype, device=y.device, memory_format=memory_format)
@@ -152,14 +169,20 @@ def to_space(
     return out
 
 
-def _place(r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
-    """Half spectra ``(rows, cols, N, C)`` of a zero grid with ``r`` written where the crop reads."""
+def _place(r: torch.Tensor, geom: BlockGeometry, mirrored: float = 1.0) -> torch.Tensor:
+    """Half spectra ``(bins, N, C)`` of a zero grid with ``r`` written where the crop reads,
+    the columns a real inverse transform mirrors scaled by ``mirrored``."""
     batch, channels = r.shape[:2]
+    if dft.use_gemm(r, geom.grid):
+        return dft.analysis(r, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored)
     full = r.new_zeros(batch, channels, *geom.grid)
     for rows, out_rows in _crop_slices(geom, 0):
         for cols, out_cols in _crop_slices(geom, 1):
             full[:, :, rows, cols] = r[:, :, out_rows, out_cols]
-    return torch.fft.rfft2(full, norm="ortho").permute(2, 3, 0, 1).contiguous()
+    spectrum = torch.fft.rfft2(full, norm="ortho").permute(2, 3, 0, 1).contiguous()
+    if mirrored != 1.0:
+        scale_mirrored_(spectrum, geom.grid, mirrored)
+    return spectrum.view(-1, batch, channels)
 
 
 class _PlaceSpectrum(torch.autograd.Function):
@@ -168,7 +191,7 @@ class _PlaceSpectrum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
         ctx.geom = geom
-        return _place(r, geom).view(-1, *r.shape[:2])
+        return _place(r, geom)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -187,8 +210,7 @@ def place_spectrum(r: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
 
 def to_space_adjoint(g: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     """Adjoint of :func:`to_space`: ``(N, C, H_out, W_out)`` -> ``(bins, N, C)``."""
-    batch, channels = g.shape[:2]
-    return scale_mirrored_(_place(g, geom), geom.grid, 2.0).view(-1, batch, channels)
+    return _place(g, geom, mirrored=2.0)
 
 
 def crop_spectrum(spectrum: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:

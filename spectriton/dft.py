@@ -1,0 +1,111 @@
+"""Two-dimensional real DFTs between chosen spatial positions and a half spectrum, as GEMMs.
+
+Every transform of :mod:`spectriton.transforms` reads or writes a window of a zero-padded
+grid: a map written at the grid's top-left corner (:func:`analysis` of ``range(h)``), or the
+circular, strided crop a block's output reads (its ``positions``). On CPU and small grids
+two GEMMs on cached DFT tables do that faster than pocketFFT: they skip the padding and
+everything outside the crop, need no permuting copies (the half spectrum comes out
+frequency-major, ``(bins, N, C)``), and at 6 to 34 points per side run 1.4x to 10x faster
+(``bench/dft_check.py``). Larger grids, other devices and other dtypes keep the FFT
+(:func:`use_gemm`).
+
+With ``P`` the grid, ``r_i`` and ``c_j`` the positions, ``w_v`` the column weights and
+``s = (P0 P1)^-1/2`` (orthonormal):
+
+- ``analysis``:  ``X[u, v] = s w_v sum_ij x[i, j] exp(-2 pi i (u r_i / P0 + v c_j / P1))``
+- ``synthesis``: ``y[i, j] = s Re sum_uv w_v X[u, v] exp(+2 pi i (u r_i / P0 + v c_j / P1))``
+
+``mirrored`` is ``w_v`` on the columns that a real inverse transform counts twice (all but
+the first and, on an even grid, the last); the others weigh 1. So ``irfft2`` followed by a
+crop is ``synthesis(mirrored=2)``, and the adjoint of ``analysis(mirrored=w)`` is
+``synthesis(mirrored=w)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from spectriton.numerics import half_spectrum
+
+GEMM_GRID = 64  # the largest grid side (points) transformed by GEMMs; above, FFTs
+
+
+def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
+    """Whether :func:`analysis` and :func:`synthesis` beat the FFT for ``t`` on ``grid``:
+    CPU tensors in float32 or float64 (complex64 or complex128) on grids up to
+    ``GEMM_GRID`` points a side."""
+    real = t.real.dtype if t.is_complex() else t.dtype
+    return t.device.type == "cpu" and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
+
+
+def analysis(
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    rows: tuple[int, ...],
+    cols: tuple[int, ...],
+    mirrored: float = 1.0,
+) -> torch.Tensor:
+    """Real maps ``(N, C, len(rows), len(cols))`` at grid positions ``rows x cols`` ->
+    half spectra ``(bins, N, C)`` (module docstring)."""
+    batch, channels, height, width = x.shape
+    row_table, col_table = _tables(grid, rows, cols, mirrored, -1, x.dtype, x.device)
+    # along the columns, one real GEMM into interleaved (re, im) pairs: (N C, h, half cols)
+    pairs = (x.reshape(-1, width) @ col_table).view(-1, height, col_table.shape[1] // 2, 2)
+    half = torch.view_as_complex(pairs)
+    # along the rows, one complex GEMM whose result is frequency-major
+    stacked = half.permute(1, 2, 0).reshape(height, -1)
+    return (row_table @ stacked).view(-1, batch, channels)
+
+
+def synthesis(
+    spectrum: torch.Tensor,
+    grid: tuple[int, int],
+    rows: tuple[int, ...],
+    cols: tuple[int, ...],
+    mirrored: float = 1.0,
+) -> torch.Tensor:
+    """Half spectra ``(bins, N, C)`` -> real maps ``(N, C, len(rows), len(cols))`` at grid
+    positions ``rows x cols`` (module docstring)."""
+    _, batch, channels = spectrum.shape
+    real = spectrum.real.dtype
+    row_table, col_table = _tables(grid, rows, cols, mirrored, 1, real, spectrum.device)
+    # along the rows, one complex GEMM on the frequency-major layout: (h, half cols, N C)
+    half_rows = (row_table @ spectrum.reshape(row_table.shape[1], -1)).view(len(rows), -1, batch * channels)
+    # along the columns, the real part of a batched complex GEMM
+    y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
+    return y.permute(1, 0, 2).reshape(batch, channels, len(rows), len(cols))
+
+
+@functools.lru_cache(maxsize=512)
+def _tables(grid, rows, cols, mirrored, sign, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row table (complex ``(half rows, h)`` for analysis, ``(h, half rows)`` for
+    synthesis) and the column table (real ``(w, 2 half cols)`` interleaving cosine and sine
+    for analysis, complex ``(half cols, w)`` for synthesis), in ``dtype``'s precision."""
+    half_rows, half_cols = half_spectrum(grid)
+    weights = torch.full((half_cols,), float(mirrored), dtype=torch.float64)
+    weights[0] = 1.0
+    if grid[1] % 2 == 0:
+        weights[-1] = 1.0
+    row_phase = _phase(half_rows, rows, grid[0], sign) / math.sqrt(grid[0])  # (half rows, h)
+    col_phase = _phase(half_cols, cols, grid[1], sign) * (weights / math.sqrt(grid[1])).view(-1, 1)
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    with torch.inference_mode(False):  # a cached table must be usable by autograd later
+        if sign < 0:
+            row_table = row_phase.to(complex_dtype)
+            col_table = torch.view_as_real(col_phase.T.contiguous()).reshape(len(cols), -1).to(dtype)
+        else:
+            row_table = row_phase.T.contiguous().to(complex_dtype)
+            col_table = col_phase.to(complex_dtype)
+        return row_table.to(device), col_table.to(device)
+
+
+def _phase(frequencies: int, positions: tuple[int, ...], size: int, sign: int) -> torch.Tensor:
+    """``exp(sign 2 pi i f p / size)``, complex128 ``(frequencies, len(positions))``, from
+    exact integer phases modulo ``size``."""
+    f = torch.arange(frequencies, dtype=torch.int64).view(-1, 1)
+    p = torch.tensor(positions, dtype=torch.int64).view(1, -1)
+    angle = (2 * math.pi / size) * (f * p % size).double()
+    return torch.polar(torch.ones_like(angle), sign * angle)
