@@ -321,6 +321,15 @@ class SpectralConv2d(nn.Module):
         return text
 
 
+def stays_spatial(conv: nn.Conv2d) -> str:
+    """Why :meth:`SpectralConv2d.from_conv` cannot take ``conv``, or "" if it can."""
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (the spectral grid is zero-padded)"
+    if conv.padding == "same" and any(k % 2 == 0 for k in conv.kernel_size):
+        return "padding='same' with an even kernel (asymmetric padding)"
+    return ""
+
+
 class SpectralSequential(nn.Sequential):
     """Spectral layers chained between one FFT and one IFFT, as the paper's blocks are.
 

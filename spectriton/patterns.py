@@ -1,7 +1,9 @@
-"""What :func:`spectriton.convert` looks for in a container's traced forward.
+"""What :func:`spectriton.convert` looks for in a container's traced forward, and the
+graph that runs what it found as a spectral block.
 
 Each container is traced with ``torch.fx``, its children as leaves. Two patterns become
-spectral blocks:
+spectral blocks, each matched here (:func:`find_chains`, :func:`dense_block`) and written as
+a new graph here (:func:`rewrite_chains`, :func:`dense_graph`):
 
 - **chains**: ``conv [BN] [ReLU]``, then the next convolution when the previous one keeps
   the resolution, and, where the last one's output is added to a shortcut whose sum goes
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+
+from spectriton.blocks import run_dense_layers, run_layers
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu6)
@@ -223,6 +227,22 @@ def _residual_after(end: fx.Node, module: nn.Module) -> tuple[fx.Node, fx.Node, 
     return add, act, other
 
 
+def rewrite_chains(graph: fx.Graph, chains: list[Chain]) -> None:
+    """Replace each chain's nodes by one call running its layers as a spectral block."""
+    for chain in chains:
+        if not chain.absorbed and len(chain.convs) == 1:
+            continue
+        first, last = chain.nodes[0], chain.nodes[-1]
+        with graph.inserting_before(last):  # after the shortcut, which may come late
+            layers = [graph.get_attr(name) for name in chain.convs]
+            residual = {} if chain.residual is None else {"residual": chain.residual}
+            block = graph.call_function(run_layers, (layers, first.args[0]), residual)
+        last.replace_all_uses_with(block)
+        for node in reversed(chain.nodes):
+            graph.erase_node(node)
+    graph.lint()
+
+
 @dataclass
 class DenseLayer:
     """One bottleneck of a dense block: its convolutions' names (relative to the layer),
@@ -265,6 +285,16 @@ def dense_block(module: nn.Module, eligible) -> list[DenseLayer] | None:
         return None
     layers = [_dense_layer(call.target, module.get_submodule(call.target), eligible) for call in calls]
     return layers if all(layers) else None
+
+
+def dense_graph(module: nn.Module, stages: list[list[str]]) -> fx.Graph:
+    """A forward for ``module`` that runs its dense layers' convolutions (``stages``: each
+    layer's two, by qualified name) as one spectral dense block."""
+    graph = fx.Graph()
+    x = graph.placeholder(next(iter(inspect.signature(module.forward).parameters)))
+    layers = [[graph.get_attr(name) for name in stage] for stage in stages]
+    graph.output(graph.call_function(run_dense_layers, (layers, x)))
+    return graph
 
 
 def _cat_dim(node: fx.Node):

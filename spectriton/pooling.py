@@ -1,5 +1,7 @@
 """Max pooling whose backward keeps only the position of each window's maximum, bit-packed:
-2 bits per output for 2 x 2 windows, 4 bits up to 16 positions (3 x 3), 8 up to 256."""
+2 bits per output for 2 x 2 windows, 4 bits up to 16 positions (3 x 3), 8 up to 256;
+average pooling that keeps nothing; which ``torch.nn`` pools they stand in for
+(:func:`stays_spatial`, :func:`compact_pool`, as :func:`spectriton.convert` swaps them)."""
 
 from __future__ import annotations
 
@@ -122,3 +124,29 @@ class CompactAvgPool2d(nn.AvgPool2d):
             self.divisor_override,
         )
         return CompactAvgPoolFunction.apply(x, options)
+
+
+def stays_spatial(pool: nn.MaxPool2d | nn.AvgPool2d) -> str:
+    """Why ``pool`` has no compact twin, or "" if :func:`compact_pool` takes it."""
+    if isinstance(pool, nn.AvgPool2d):
+        return ""
+    k, padding = _pair(pool.kernel_size), _pair(pool.padding)
+    if _pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
+        return "dilation, ceil_mode or return_indices set"
+    if k[0] * k[1] > 256:
+        return "window of more than 256 positions"
+    if any(2 * p > n for p, n in zip(padding, k)):
+        return f"padding {padding} over half the kernel {k}"
+    return ""
+
+
+def compact_pool(pool: nn.MaxPool2d | nn.AvgPool2d) -> nn.Module:
+    """``pool``'s compact twin, with its options."""
+    if isinstance(pool, nn.AvgPool2d):  # keeps nothing for backward
+        options = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        return CompactAvgPool2d(**{name: getattr(pool, name) for name in options})
+    return CompactMaxPool2d(pool.kernel_size, pool.stride or None, pool.padding)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
