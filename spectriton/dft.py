@@ -28,9 +28,9 @@ import math
 
 import torch
 
-from spectriton.numerics import half_spectrum
+from spectriton.numerics import half_spectrum, snap_zeros
 
-GEMM_GRID = 64  # the largest grid side (points) transformed by GEMMs; above, FFTs
+GEMM_GRID = 40  # the largest grid side (points) transformed by GEMMs; above, FFTs
 
 
 def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
@@ -108,4 +108,4 @@ def _phase(frequencies: int, positions: tuple[int, ...], size: int, sign: int) -
     f = torch.arange(frequencies, dtype=torch.int64).view(-1, 1)
     p = torch.tensor(positions, dtype=torch.int64).view(1, -1)
     angle = (2 * math.pi / size) * (f * p % size).double()
-    return torch.polar(torch.ones_like(angle), sign * angle)
+    return snap_zeros(torch.polar(torch.ones_like(angle), sign * angle))

@@ -1,6 +1,6 @@
 """Numerics that the ops, the torch twin and the Triton launchers share, so that neither
-twin imports the other: the dtype policy of spectra, the half-spectrum size and the
-threshold's scaling.
+twin imports the other: the dtype policy of spectra, the half-spectrum size, the
+threshold's scaling and clean DFT tables.
 
 An entry ``Y`` is kept iff ``|Y| > beta`` (DESIGN.md section 2), decided on squares without
 a square root: with ``(scale, beta2) = scaled_threshold(beta)``, it is kept iff
@@ -61,3 +61,13 @@ def exact(device: torch.device):
     """Autocast off: spectra and kernel spectra are computed in float32 (or float64) however
     the caller autocasts (the DFT matmuls would otherwise round to bfloat16)."""
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def snap_zeros(table: Tensor) -> Tensor:
+    """A DFT table (real, or complex viewed as real) with the cosines and sines of quarter
+    turns set to the zero they are: computed, they come out near 6e-17, and their products
+    with small gradients fall to subnormals, which slow every later GEMM on CPU threefold.
+    A true nonzero entry of a table on grids up to thousands of points is far above 1e-12."""
+    real = torch.view_as_real(table) if table.is_complex() else table
+    snapped = real.masked_fill(real.abs() < 1e-12, 0.0)
+    return torch.view_as_complex(snapped) if table.is_complex() else snapped

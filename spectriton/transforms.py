@@ -22,12 +22,14 @@ import torch
 
 from spectriton import dft
 from spectriton.geometry import BlockGeometry
-from spectriton.numerics import half_spectrum
+from spectriton.numerics import half_spectrum, snap_zeros
 
 
 def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Spatial maps ``(N, C, H, W)`` -> frequency-major half spectra ``(bins, N, C)`` on
     ``grid`` (zero-padded, orthonormal)."""
+    if dft.use_gemm(x, grid):
+        return dft.analysis(x, grid, _span(x.shape[-2]), _span(x.shape[-1]))
     spectrum = torch.fft.rfft2(x, s=grid, norm="ortho")
     return spectrum.permute(2, 3, 0, 1).contiguous().view(-1, x.shape[0], x.shape[1])
 
@@ -73,7 +75,7 @@ def _dft_table(grid, kernel, shift) -> torch.Tensor:
     # exact integer phases modulo the grid, so the angle stays in [0, 2 pi)
     turns = (u * i % grid[0]).double() / grid[0] + (v * j % grid[1]).double() / grid[1]
     angle = (2 * math.pi * turns).reshape(rows * cols, kernel[0] * kernel[1])
-    return torch.cat([angle.cos(), angle.sin()], dim=1)
+    return snap_zeros(torch.cat([angle.cos(), angle.sin()], dim=1))
 
 
 def kernel_spectrum(
@@ -88,14 +90,14 @@ def kernel_spectrum(
     """
     out_channels, channels, kh, kw = weight.shape
     taps = kh * kw
-    dft = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
+    table = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
     # K = sum_t w_t (cos_t + i sin_t): one real GEMM of the [cos | sin] rows by the taps, on
     # the weight's own (O C, taps) layout for K^H, on whole (C, O) tap blocks for K
     if adjoint:
         flat, rows, cols = weight.reshape(-1, taps), out_channels, channels
     else:
         flat, rows, cols = weight.transpose(0, 1).reshape(-1, taps), channels, out_channels
-    planes = (dft.view(-1, taps) @ flat.T).view(-1, 2, rows * cols)
+    planes = (table.view(-1, taps) @ flat.T).view(-1, 2, rows * cols)
     imag = -planes[:, 1] if adjoint else planes[:, 1]
     return torch.complex(planes[:, 0], imag).view(-1, rows, cols)
 
@@ -114,10 +116,10 @@ def kernel_spectrum_adjoint(
 @functools.lru_cache(maxsize=256)
 def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
     """``cos - i sin`` of :func:`_dft`'s angles, complex ``(bins, kh kw)``."""
-    dft = _dft(grid, kernel, shift, dtype, device)
+    table = _dft(grid, kernel, shift, dtype, device)
     taps = kernel[0] * kernel[1]
     with torch.inference_mode(False):
-        return torch.complex(dft[:, :taps], -dft[:, taps:])
+        return torch.complex(table[:, :taps], -table[:, taps:])
 
 
 def _span(size: int) -> tuple[int, ...]:
