@@ -272,9 +272,10 @@ class CompressedSpectrum:
 
     def to_frequency_major(self) -> torch.Tensor:
         """The complex spectrum as ``(bins, batch, channels)``, zeros where nothing was kept."""
-        dense = torch.zeros(self.numel, 2, dtype=self.dense_dtype.to_real(), device=self.values.device)
-        dense.index_copy_(0, kept_positions(self.mask, self.numel), self.values.to(dense.dtype))
-        return torch.view_as_complex(dense).view(self.bins, self.batch, self.channels)
+        values = torch.view_as_complex(self.values.to(self.dense_dtype.to_real()))
+        dense = torch.zeros(self.numel, dtype=self.dense_dtype, device=self.values.device)
+        dense.masked_scatter_(self.keep(), values)  # no positions: a third of nonzero + index_copy_
+        return dense.view(self.bins, self.batch, self.channels)
 
     def to_dense(self) -> torch.Tensor:
         """The complex half spectrum ``(batch, channels, P0, P1 // 2 + 1)`` (a permuted view
@@ -298,11 +299,10 @@ def compact(
     """Frequency-major complex ``(bins, batch, channels)`` -> compressed, keeping ``keep``.
 
     ``activate`` maps the kept ``(nnz, 2)`` pairs to the stored ones (split tanh, or
-    identity). One ``nonzero`` and one ``index_select``.
+    identity). One ``masked_select``.
     """
     bins, batch, channels = dense.shape
-    positions = keep.reshape(-1).nonzero().squeeze(1)
-    values = activate(as_pairs(dense).reshape(-1, 2).index_select(0, positions))
+    values = activate(as_pairs(dense.resolve_conj().reshape(-1).masked_select(keep.reshape(-1))))
     if value_dtype is not None:
         values = values.to(value_dtype)
     counts = keep.reshape(bins, -1).sum(-1)

@@ -76,7 +76,7 @@ def synthesis(
     half_rows = (row_table @ spectrum.reshape(row_table.shape[1], -1)).view(len(rows), -1, batch * channels)
     # along the columns, the real part of a batched complex GEMM
     y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
-    return y.permute(1, 0, 2).reshape(batch, channels, len(rows), len(cols))
+    return y.permute(1, 0, 2).contiguous().view(batch, channels, len(rows), len(cols))
 
 
 @functools.lru_cache(maxsize=512)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from spectriton import grouped
-from spectriton.compressed import CompressedSpectrum, as_pairs, compact, kept_positions
+from spectriton.compressed import CompressedSpectrum, as_pairs, compact, unpack_bits
 from spectriton.numerics import scaled_threshold
 
 
@@ -88,7 +88,7 @@ def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
 def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:
     """The ``nnz`` entries of a dense frequency-major spectrum that ``mask`` keeps, as
     packed pairs in stream order."""
-    return as_pairs(dense).reshape(-1, 2).index_select(0, kept_positions(mask, dense.numel()))
+    return as_pairs(dense.resolve_conj().reshape(-1).masked_select(unpack_bits(mask, dense.numel())))
 
 
 def operand(spectrum: CompressedSpectrum | torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -30,17 +30,35 @@ def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     ``grid`` (zero-padded, orthonormal)."""
     if dft.use_gemm(x, grid):
         return dft.analysis(x, grid, _span(x.shape[-2]), _span(x.shape[-1]))
-    spectrum = torch.fft.rfft2(x, s=grid, norm="ortho")
-    return spectrum.permute(2, 3, 0, 1).contiguous().view(-1, x.shape[0], x.shape[1])
+    batch, channels = x.shape[:2]
+    out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=_complex(x.dtype))
+    for chunk in _channel_chunks(batch, channels, grid):
+        out[..., chunk] = torch.fft.rfft2(x[:, chunk], s=grid, norm="ortho").permute(2, 3, 0, 1)
+    return out.view(-1, batch, channels)
 
 
-def scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
-    """Scale, in place, the half-spectrum columns (dim 1 of ``(rows, cols, ...)``) that a
-    real inverse transform counts twice."""
+def scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float, dim: int = 1) -> torch.Tensor:
+    """Scale, in place, the half-spectrum columns (``dim``: 1 of ``(rows, cols, ...)``) that
+    a real inverse transform counts twice."""
     mirrored = grid[1] - half_spectrum(grid)[1]
     if mirrored > 0:
-        g[:, 1 : 1 + mirrored] *= factor
+        g.narrow(dim, 1, mirrored).mul_(factor)
     return g
+
+
+def _complex(real: torch.dtype) -> torch.dtype:
+    return torch.complex128 if real == torch.float64 else torch.complex64
+
+
+CHUNK_BYTES = 8 << 20  # the most bytes of one FFT's grid: larger batches go by channel chunks
+
+
+def _channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
+    """Runs of channels whose complex grids (``batch x run x grid``) fit ``CHUNK_BYTES``, one
+    channel at least: an FFT's transients (its padded grid, its output, the permuting copy)
+    stay within a few chunks however large the map (README, "Peak memory")."""
+    step = max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1))
+    return [slice(start, min(start + step, channels)) for start in range(0, channels, step)]
 
 
 def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -51,9 +69,13 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     """
     if dft.use_gemm(g, grid):
         return dft.synthesis(g, grid, _span(size[0]), _span(size[1]))
-    spectrum = scale_mirrored_(g.reshape(*half_spectrum(grid), *g.shape[1:]).clone(), grid, 0.5)
-    space = torch.fft.irfft2(spectrum, s=grid, dim=(0, 1), norm="ortho")
-    return space[: size[0], : size[1]].permute(2, 3, 0, 1).contiguous()
+    batch, channels = g.shape[1:]
+    halves = g.view(*half_spectrum(grid), batch, channels)
+    out = g.real.new_empty(batch, channels, *size)
+    for chunk in _channel_chunks(batch, channels, grid):
+        spectrum = scale_mirrored_(halves[..., chunk].permute(2, 3, 0, 1).clone(), grid, 0.5, dim=3)
+        out[:, chunk] = torch.fft.irfft2(spectrum, s=grid, norm="ortho")[..., : size[0], : size[1]]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,6 +110,14 @@ def kernel_spectrum(
     ``shift`` rolls the kernel on the grid first: a layer that sums sources whose crops
     differ (a dense block) shifts each source's kernel so their outputs line up.
     """
+    return next(kernel_spectra(weight, grid, shift, adjoint, [slice(None)]))
+
+
+def kernel_spectra(
+    weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int], adjoint: bool, tiles: list[slice]
+) -> Iterator[torch.Tensor]:
+    """:func:`kernel_spectrum` of each run of frequencies in ``tiles``, one at a time (a
+    layer's frequency tiles: :mod:`spectriton.ops.tiles`), the weight laid out once."""
     out_channels, channels, kh, kw = weight.shape
     taps = kh * kw
     table = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
@@ -97,9 +127,10 @@ def kernel_spectrum(
         flat, rows, cols = weight.reshape(-1, taps), out_channels, channels
     else:
         flat, rows, cols = weight.transpose(0, 1).reshape(-1, taps), channels, out_channels
-    planes = (table.view(-1, taps) @ flat.T).view(-1, 2, rows * cols)
-    imag = -planes[:, 1] if adjoint else planes[:, 1]
-    return torch.complex(planes[:, 0], imag).view(-1, rows, cols)
+    for tile in tiles:
+        planes = (table[tile].reshape(-1, taps) @ flat.T).view(-1, 2, rows * cols)
+        imag = -planes[:, 1] if adjoint else planes[:, 1]
+        yield torch.complex(planes[:, 0], imag).view(-1, rows, cols)
 
 
 def kernel_spectrum_adjoint(
@@ -107,10 +138,27 @@ def kernel_spectrum_adjoint(
 ) -> torch.Tensor:
     """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4),
     contiguous: ``Re(g^T conj(E))``, one complex GEMM on ``g``'s own layout."""
-    bins, channels, out_channels = g.shape
-    phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)
-    taps = (g.resolve_conj().reshape(bins, -1).T @ phases).real
-    return taps.view(channels, out_channels, *kernel).transpose(0, 1).contiguous()
+    return taps_as_weight(kernel_taps(g, grid, kernel, shift), kernel)
+
+
+def kernel_taps(
+    g: torch.Tensor,
+    grid: tuple[int, int],
+    kernel: tuple[int, int],
+    shift: tuple[int, int] = (0, 0),
+    bins: slice = slice(None),
+) -> torch.Tensor:
+    """:func:`kernel_spectrum_adjoint` of the frequencies ``bins`` that ``g`` holds (a
+    tile's), in ``g``'s ``(C O, taps)`` layout, so that tiles add up before
+    :func:`taps_as_weight` lays them out once."""
+    count = g.shape[0]
+    phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)[bins]
+    return (g.resolve_conj().reshape(count, -1).T @ phases).real.view(*g.shape[1:], -1)
+
+
+def taps_as_weight(taps: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """:func:`kernel_taps` ``(C, O, taps)`` -> a weight's layout ``(O, C, kh, kw)``, contiguous."""
+    return taps.transpose(0, 1).reshape(taps.shape[1], taps.shape[0], *kernel).contiguous()
 
 
 @functools.lru_cache(maxsize=256)
@@ -162,12 +210,16 @@ def to_space(
     if dft.use_gemm(spectrum, geom.grid):
         y = dft.synthesis(spectrum, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored=2.0)
         return y.contiguous(memory_format=memory_format)
-    grid_spectrum = spectrum.view(*geom.half, batch, channels).permute(2, 3, 0, 1)
-    y = torch.fft.irfft2(grid_spectrum, s=geom.grid, norm="ortho")
-    out = torch.empty(batch, channels, *geom.out, dtype=y.dtype, device=y.device, memory_format=memory_format)
-    for rows, out_rows in _crop_slices(geom, 0):
-        for cols, out_cols in _crop_slices(geom, 1):
-            out[:, :, out_rows, out_cols] = y[:, :, rows, cols]
+    halves = spectrum.view(*geom.half, batch, channels)
+    real = spectrum.real.dtype
+    out = torch.empty(
+        batch, channels, *geom.out, dtype=real, device=spectrum.device, memory_format=memory_format
+    )
+    for chunk in _channel_chunks(batch, channels, geom.grid):
+        y = torch.fft.irfft2(halves[..., chunk].permute(2, 3, 0, 1), s=geom.grid, norm="ortho")
+        for rows, out_rows in _crop_slices(geom, 0):
+            for cols, out_cols in _crop_slices(geom, 1):
+                out[:, chunk, out_rows, out_cols] = y[:, :, rows, cols]
     return out
 
 
@@ -177,11 +229,13 @@ def _place(r: torch.Tensor, geom: BlockGeometry, mirrored: float = 1.0) -> torch
     batch, channels = r.shape[:2]
     if dft.use_gemm(r, geom.grid):
         return dft.analysis(r, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored)
-    full = r.new_zeros(batch, channels, *geom.grid)
-    for rows, out_rows in _crop_slices(geom, 0):
-        for cols, out_cols in _crop_slices(geom, 1):
-            full[:, :, rows, cols] = r[:, :, out_rows, out_cols]
-    spectrum = torch.fft.rfft2(full, norm="ortho").permute(2, 3, 0, 1).contiguous()
+    spectrum = r.new_empty(*geom.half, batch, channels, dtype=_complex(r.dtype))
+    for chunk in _channel_chunks(batch, channels, geom.grid):
+        full = r.new_zeros(batch, chunk.stop - chunk.start, *geom.grid)
+        for rows, out_rows in _crop_slices(geom, 0):
+            for cols, out_cols in _crop_slices(geom, 1):
+                full[:, :, rows, cols] = r[:, chunk, out_rows, out_cols]
+        spectrum[..., chunk] = torch.fft.rfft2(full, norm="ortho").permute(2, 3, 0, 1)
     if mirrored != 1.0:
         scale_mirrored_(spectrum, geom.grid, mirrored)
     return spectrum.view(-1, batch, channels)

@@ -68,9 +68,11 @@ def test_large_grids_and_other_dtypes_keep_the_fft():
     assert not dft.use_gemm(x.half(), (8, 8)) and dft.use_gemm(x.double(), (8, 8))
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "by-channel"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_transforms_give_what_their_fft_form_gives(stride, monkeypatch):
-    """Every transform on a strided, cropped block geometry, by GEMMs and by FFTs."""
+def test_transforms_give_what_their_fft_form_gives(stride, chunked, monkeypatch):
+    """Every transform on a strided, cropped block geometry, by GEMMs and by FFTs (whole,
+    or a channel at a time)."""
     geom = block_geometry([LayerShape((3, 3), (1, 1), (stride, stride))], (9, 7))
     x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
     out = torch.randn(2, 3, *geom.out, dtype=torch.float64)
@@ -87,5 +89,7 @@ def test_transforms_give_what_their_fft_form_gives(stride, monkeypatch):
 
     by_gemm = run()
     monkeypatch.setattr(dft, "GEMM_GRID", 0)
+    if chunked:
+        monkeypatch.setattr(transforms, "CHUNK_BYTES", 1)
     for a, b in zip(by_gemm, run(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

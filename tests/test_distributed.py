@@ -22,8 +22,11 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 
 def _model() -> nn.Module:
+    """At beta 0 the keep rule is continuous: the transforms' GEMMs round a sample's spectra
+    differently in batches of different sizes (BLAS blocking), which at a positive beta may
+    move an entry across the threshold in one process and not in the other."""
     torch.manual_seed(0)
-    return st.models.lenet5(spectral=True, beta=0.5)
+    return st.models.lenet5(spectral=True, beta=0.0)
 
 
 def _batch():

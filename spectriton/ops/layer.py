@@ -32,6 +32,7 @@ from spectriton.ops.layer_backward import gradient_names, layer_backward
 from spectriton.ops.rebuild import rebuild_input
 from spectriton.ops.sources import source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named, to_named
+from spectriton.ops.tiles import kernel_tiles, tiled_product
 from spectriton.provenance import RecipeArgs
 
 
@@ -105,8 +106,14 @@ def layer(
 def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offsets) -> CompressedSpectrum:
     """One source at a fixed beta: the product with the threshold in its epilogue."""
     spectrum_in = source_spectrum(inputs, mask, offsets, batch, cfg.channels[0], geom.grid, real)
-    kernel = transforms.kernel_spectrum(weight.to(real), geom.grid, cfg.shifts[0])
     bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(geom.grid)
+    tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0])
+    if len(tiles) > 1:  # a large kernel spectrum: by tiles, then the threshold
+        product = tiled_product(
+            ops, weight.to(real), spectrum_in, geom.grid, cfg.shifts[0], bias_dc, 1, tiles
+        )
+        return ops.threshold_compact(product, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid)
+    kernel = transforms.kernel_spectrum(weight.to(real), geom.grid, cfg.shifts[0])
     return ops.product_threshold(
         spectrum_in, kernel, bias_dc, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid
     )
@@ -142,11 +149,12 @@ def _dense_product(ops, weight, bias, cfg, geom, batch, real, sources) -> Tensor
     product, start = None, 0
     for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
         spectrum_in = source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
-        kernel = transforms.kernel_spectrum(weight[:, start : start + channels].to(real), geom.grid, shift)
+        part = weight[:, start : start + channels].to(real)
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(geom.grid)
-        part = ops.grouped_product(spectrum_in, kernel, bias_dc, cfg.groups)
+        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
+        part = tiled_product(ops, part, spectrum_in, geom.grid, shift, bias_dc, cfg.groups, tiles)
         product = part if product is None else product.add_(part)
         start += channels
     return product

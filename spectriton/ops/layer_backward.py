@@ -21,6 +21,7 @@ from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 from spectriton.ops.sources import dc_real, source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named
+from spectriton.ops.tiles import kernel_tiles
 
 
 def gradient_names(sources: int) -> tuple[str, ...]:
@@ -109,28 +110,17 @@ def _layer_backward(
             spectrum_in = source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
         part = weight[:, start : start + channels].to(real)
         start += channels
-        kernel = None
-        if wants_source or (wants_affine and not wants_weight):  # else the affine reads the taps
-            kernel = transforms.kernel_spectrum(part, geom.grid, shift, adjoint=True)
+        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
+        grad_source, taps, inner_part = _source_gradients(
+            ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, mask is None, tiles,
+            wants_source, wants_weight, wants_affine,
+        )  # fmt: skip
         if wants_source:
-            scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
-            if mask is None:
-                grad_spectrum = ops.grouped_product_input_grad(grad_out, scaled, None, cfg.groups)
-                grad_source = transforms.map_spectrum_adjoint(grad_spectrum, geom.grid, geom.size)
-            else:
-                grad_source = ops.grouped_product_input_grad(grad_out, scaled, spectrum_in, cfg.groups)
             grads[f"inputs.{index}"] = grad_source.to(source.dtype)
-        if wants_weight or wants_affine:
-            grad_kernel = ops.grouped_product_weight_grad(ops.operand(spectrum_in), grad_out, cfg.groups)
-            taps = None
-            if wants_weight:
-                taps = transforms.kernel_spectrum_adjoint(grad_kernel, geom.grid, cfg.kernel, shift)
-                grad_kernels.append(taps)
-            if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
-                if taps is not None:  # = <w, adjoint of that>, per output channel: taps already made
-                    inner += (taps * part).sum((1, 2, 3))
-                else:
-                    inner += torch.einsum("foc,fco->o", kernel, grad_kernel).real
+        if wants_weight:
+            grad_kernels.append(taps)
+        if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
+            inner += inner_part if taps is None else (taps * part).sum((1, 2, 3))
     if wants_weight:
         grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
         if scale is not None:
@@ -143,6 +133,53 @@ def _layer_backward(
     if wants_affine:
         grads["affine"] = affine_grad(inner, dc, moments, out_grid).to(affine.dtype)
     return grads
+
+
+def _source_gradients(
+    ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, spatial, tiles, wants_source, wants_weight,
+    wants_affine,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    """One source's gradient, its kernel's taps gradient and, without those, the affine's
+    ``<G, X K>`` per channel, over frequency ``tiles`` (:mod:`spectriton.ops.tiles`): with
+    one tile the backend's products read the operands as they are (a compressed source's
+    gradient packed on its mask by the product), with several they read dense tiles."""
+    whole, compressed = len(tiles) == 1, spectrum_in
+    if not whole:
+        grad_out = ops.unpack(grad_out) if isinstance(grad_out, CompressedSpectrum) else grad_out
+        if isinstance(spectrum_in, CompressedSpectrum):
+            spectrum_in = ops.unpack(spectrum_in)
+    grad_in = taps = inner = None
+    needs_kernel = wants_source or (wants_affine and not wants_weight)  # else the affine reads the taps
+    kernels = transforms.kernel_spectra(part, geom.grid, shift, True, tiles) if needs_kernel else None
+    for tile in tiles:
+        grad_tile = grad_out if whole else grad_out[tile]
+        kernel = next(kernels) if needs_kernel else None
+        if wants_source:
+            scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
+            like = spectrum_in if whole and not spatial else None
+            grad = ops.grouped_product_input_grad(grad_tile, scaled, like, cfg.groups)
+            if whole:
+                grad_in = grad
+            else:
+                grad_in = grad.new_empty(geom.bins, *grad.shape[1:]) if grad_in is None else grad_in
+                grad_in[tile] = grad
+        if wants_weight or wants_affine:
+            source_tile = ops.operand(spectrum_in) if whole else spectrum_in[tile]
+            grad_kernel = ops.grouped_product_weight_grad(source_tile, grad_tile, cfg.groups)
+            if wants_weight:
+                tile_taps = transforms.kernel_taps(grad_kernel, geom.grid, cfg.kernel, shift, tile)
+                taps = tile_taps if taps is None else taps.add_(tile_taps)
+            elif wants_affine:
+                tile_inner = torch.einsum("foc,fco->o", kernel, grad_kernel).real
+                inner = tile_inner if inner is None else inner.add_(tile_inner)
+    if wants_weight:
+        taps = transforms.taps_as_weight(taps, cfg.kernel)
+    if wants_source:
+        if spatial:
+            grad_in = transforms.map_spectrum_adjoint(grad_in, geom.grid, geom.size)
+        elif not whole:
+            grad_in = ops.pack(grad_in, compressed.mask, compressed.nnz)
+    return grad_in, taps, inner
 
 
 @layer_backward.register_fake

@@ -1,0 +1,44 @@
+"""Frequency tiles: a layer's kernel spectrum built, used and freed a run of bins at a time.
+
+A layer's kernel spectrum ``K (bins, C / groups, O)`` can outweigh everything else the
+layer holds: a 512 -> 512 layer on a 6 x 4 half spectrum has 48 MiB of kernel spectrum
+(complex64) for a 9 MiB weight, while a batch of 8 makes a 0.75 MiB product spectrum.
+A layer builds ``K``, ``K^H`` and the kernel gradient ``gK`` a tile of at most
+``TILE_ENTRIES`` complex entries at a time (one bin at least) and sums the tiles' weight
+gradients, so its kernel-spectrum transients stay within two tiles (README, "Peak
+memory"). The tiles depend on the layer's shape and grid only, not on the batch: a
+sample's output is bitwise the same in any batch (data-parallel ranks agree with one
+process).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from spectriton import transforms
+
+TILE_ENTRIES = 1 << 20  # complex entries of one kernel-spectrum tile: 8 MiB in complex64
+
+
+def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
+    """Runs of ``range(bins)`` whose kernel spectra (``channels x out_channels`` entries a
+    bin, ``channels`` per group) hold at most ``TILE_ENTRIES``, one bin at least."""
+    step = max(1, TILE_ENTRIES // max(channels * out_channels, 1))
+    return [slice(start, min(start + step, bins)) for start in range(0, bins, step)]
+
+
+def tiled_product(ops, weight: Tensor, spectrum_in, grid, shift, bias_dc, groups: int, tiles) -> Tensor:
+    """The product spectrum ``(bins, N, O)`` of ``spectrum_in`` with ``weight``'s kernel
+    spectrum on ``grid``, built over ``tiles`` (:func:`kernel_tiles`); ``bias_dc`` goes to
+    the DC bin. One tile: the backend's product on the operands as they are."""
+    kernels = transforms.kernel_spectra(weight, grid, shift, False, tiles)
+    if len(tiles) == 1:
+        return ops.grouped_product(spectrum_in, next(kernels), bias_dc, groups)
+    dense = ops.unpack(spectrum_in) if not isinstance(spectrum_in, Tensor) else spectrum_in
+    out = None
+    for tile, kernel in zip(tiles, kernels):
+        part = ops.grouped_product(dense[tile], kernel, bias_dc if tile.start == 0 else None, groups)
+        if out is None:
+            out = part.new_empty(dense.shape[0], *part.shape[1:])
+        out[tile] = part
+    return out
