@@ -128,8 +128,9 @@ def product_input_grad(
 def product_weight_grad(
     inputs: CompressedSpectrum | torch.Tensor, grad: CompressedSpectrum | torch.Tensor
 ) -> torch.Tensor:
-    """``gK[f] = X[f]^H gY[f]``, the gradient of the product matrices ``(bins, C, O)``."""
-    return torch.matmul(operand(inputs).mH, operand(grad))
+    """``gK[f] = X[f]^H gY[f]``, the gradient of the product matrices ``(bins, C, O)``, laid
+    out as the weight is (:func:`spectriton.transforms.kernel_taps` reads it so)."""
+    return torch.matmul(operand(grad).mT, operand(inputs).conj()).mT
 
 
 def grouped_product(

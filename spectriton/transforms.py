@@ -78,34 +78,14 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _dft(
-    grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int], dtype, device
-) -> torch.Tensor:
-    """``[cos | sin]`` of the DFT angles, real ``(bins, 2 kh kw)``: row ``f``, column tap
-    ``(i, j)`` holds the phase of tap ``(i + shift0, j + shift1)`` at frequency ``f``."""
-    with torch.inference_mode(False):  # a cached table must be usable by autograd later
-        return _dft_table(grid, kernel, shift).to(dtype=dtype, device=device)
-
-
-def _dft_table(grid, kernel, shift) -> torch.Tensor:
-    rows, cols = half_spectrum(grid)
-    u = torch.arange(rows, dtype=torch.int64).view(rows, 1, 1, 1)
-    v = torch.arange(cols, dtype=torch.int64).view(1, cols, 1, 1)
-    i = torch.arange(kernel[0], dtype=torch.int64).view(1, 1, -1, 1) + shift[0]
-    j = torch.arange(kernel[1], dtype=torch.int64).view(1, 1, 1, -1) + shift[1]
-    # exact integer phases modulo the grid, so the angle stays in [0, 2 pi)
-    turns = (u * i % grid[0]).double() / grid[0] + (v * j % grid[1]).double() / grid[1]
-    angle = (2 * math.pi * turns).reshape(rows * cols, kernel[0] * kernel[1])
-    return snap_zeros(torch.cat([angle.cos(), angle.sin()], dim=1))
-
-
 def kernel_spectrum(
     weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int] = (0, 0), adjoint: bool = False
 ) -> torch.Tensor:
     """Spatial kernels ``(O, C, kh, kw)`` -> product matrices ``K (bins, C, O)`` on ``grid``
-    (module docstring), complex in ``weight``'s precision; with ``adjoint``, their conjugate
-    transposes ``K^H (bins, O, C)`` (what the input gradient multiplies by), contiguous.
+    (module docstring), complex in ``weight``'s precision, laid out as the weight is (a
+    transposed view of a contiguous ``(bins, O, C)``: BLAS reads either); with ``adjoint``,
+    their conjugate transposes ``K^H (bins, O, C)`` (what the input gradient multiplies
+    by), contiguous.
 
     ``shift`` rolls the kernel on the grid first: a layer that sums sources whose crops
     differ (a dense block) shifts each source's kernel so their outputs line up.
@@ -117,27 +97,24 @@ def kernel_spectra(
     weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int], adjoint: bool, tiles: list[slice]
 ) -> Iterator[torch.Tensor]:
     """:func:`kernel_spectrum` of each run of frequencies in ``tiles``, one at a time (a
-    layer's frequency tiles: :mod:`spectriton.ops.tiles`), the weight laid out once."""
+    layer's frequency tiles: :mod:`spectriton.ops.tiles`), the weight converted once.
+
+    ``K^T[f] = sum_t E[f, t] w_t`` (``E`` the taps' phases, conjugated for ``K^H``): one
+    complex GEMM on the weight's own ``(O C, taps)`` layout, written once."""
     out_channels, channels, kh, kw = weight.shape
-    taps = kh * kw
-    table = _dft(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)
-    # K = sum_t w_t (cos_t + i sin_t): one real GEMM of the [cos | sin] rows by the taps, on
-    # the weight's own (O C, taps) layout for K^H, on whole (C, O) tap blocks for K
-    if adjoint:
-        flat, rows, cols = weight.reshape(-1, taps), out_channels, channels
-    else:
-        flat, rows, cols = weight.transpose(0, 1).reshape(-1, taps), channels, out_channels
+    phases = _phases(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)  # conj(E)
+    taps = weight.reshape(-1, kh * kw).T.to(phases.dtype)
     for tile in tiles:
-        planes = (table[tile].reshape(-1, taps) @ flat.T).view(-1, 2, rows * cols)
-        imag = -planes[:, 1] if adjoint else planes[:, 1]
-        yield torch.complex(planes[:, 0], imag).view(-1, rows, cols)
+        part = phases[tile] if adjoint else phases[tile].conj()
+        spectra = (part @ taps).view(-1, out_channels, channels)
+        yield spectra if adjoint else spectra.mT
 
 
 def kernel_spectrum_adjoint(
     g: torch.Tensor, grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
     """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4),
-    contiguous: ``Re(g^T conj(E))``, one complex GEMM on ``g``'s own layout."""
+    contiguous: ``Re(g^T conj(E))``, one complex GEMM."""
     return taps_as_weight(kernel_taps(g, grid, kernel, shift), kernel)
 
 
@@ -149,25 +126,38 @@ def kernel_taps(
     bins: slice = slice(None),
 ) -> torch.Tensor:
     """:func:`kernel_spectrum_adjoint` of the frequencies ``bins`` that ``g`` holds (a
-    tile's), in ``g``'s ``(C O, taps)`` layout, so that tiles add up before
-    :func:`taps_as_weight` lays them out once."""
-    count = g.shape[0]
+    tile's), real ``(O, C, taps)`` (a strided view), so that tiles add up before
+    :func:`taps_as_weight`. Reads ``g`` as the weight is laid out: free where ``g`` is a
+    transposed view of a contiguous ``(bins, O, C)`` (the reference backend's kernel
+    gradient)."""
+    count, channels, out_channels = g.shape
     phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)[bins]
-    return (g.resolve_conj().reshape(count, -1).T @ phases).real.view(*g.shape[1:], -1)
+    flat = g.mT.resolve_conj().reshape(count, -1)
+    return (flat.T @ phases).real.view(out_channels, channels, -1)
 
 
 def taps_as_weight(taps: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """:func:`kernel_taps` ``(C, O, taps)`` -> a weight's layout ``(O, C, kh, kw)``, contiguous."""
-    return taps.transpose(0, 1).reshape(taps.shape[1], taps.shape[0], *kernel).contiguous()
+    """:func:`kernel_taps` ``(O, C, taps)`` -> a weight ``(O, C, kh, kw)``, contiguous."""
+    return taps.reshape(*taps.shape[:2], *kernel).contiguous()
 
 
 @functools.lru_cache(maxsize=256)
 def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
-    """``cos - i sin`` of :func:`_dft`'s angles, complex ``(bins, kh kw)``."""
-    table = _dft(grid, kernel, shift, dtype, device)
-    taps = kernel[0] * kernel[1]
-    with torch.inference_mode(False):
-        return torch.complex(table[:, :taps], -table[:, taps:])
+    """``exp(-i angle)`` of the DFT angles, complex ``(bins, kh kw)`` in ``dtype``'s
+    precision: row ``f``, column tap ``(i, j)`` holds the phase of tap ``(i + shift0, j +
+    shift1)`` at frequency ``f`` (``conj(E)``; ``K^T = E w``)."""
+    rows, cols = half_spectrum(grid)
+    u = torch.arange(rows, dtype=torch.int64).view(rows, 1, 1, 1)
+    v = torch.arange(cols, dtype=torch.int64).view(1, cols, 1, 1)
+    i = torch.arange(kernel[0], dtype=torch.int64).view(1, 1, -1, 1) + shift[0]
+    j = torch.arange(kernel[1], dtype=torch.int64).view(1, 1, 1, -1) + shift[1]
+    # exact integer phases modulo the grid, so the angle stays in [0, 2 pi)
+    turns = (u * i % grid[0]).double() / grid[0] + (v * j % grid[1]).double() / grid[1]
+    angle = (2 * math.pi * turns).reshape(rows * cols, kernel[0] * kernel[1])
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    with torch.inference_mode(False):  # a cached table must be usable by autograd later
+        phases = snap_zeros(torch.polar(torch.ones_like(angle), -angle))
+        return phases.to(dtype=complex_dtype, device=device)
 
 
 def _span(size: int) -> tuple[int, ...]:
