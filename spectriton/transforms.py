@@ -97,16 +97,17 @@ def kernel_spectra(
     weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int], adjoint: bool, tiles: list[slice]
 ) -> Iterator[torch.Tensor]:
     """:func:`kernel_spectrum` of each run of frequencies in ``tiles``, one at a time (a
-    layer's frequency tiles: :mod:`spectriton.ops.tiles`), the weight converted once.
+    layer's frequency tiles: :mod:`spectriton.ops.tiles`).
 
-    ``K^T[f] = sum_t E[f, t] w_t`` (``E`` the taps' phases, conjugated for ``K^H``): one
-    complex GEMM on the weight's own ``(O C, taps)`` layout, written once."""
+    ``K^T[f] = sum_t E[f, t] w_t``: one real GEMM of the ``[cos | sin]`` rows of ``E``
+    (``[cos | -sin]`` for ``K^H``) by the weight's own ``(O C, taps)`` layout, no copy of the
+    weight, then the two planes interleaved: the transient is the tile's planes."""
     out_channels, channels, kh, kw = weight.shape
-    phases = _phases(grid, (kh, kw), tuple(shift), weight.dtype, weight.device)  # conj(E)
-    taps = weight.reshape(-1, kh * kw).T.to(phases.dtype)
+    table = _planes(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
+    flat = weight.reshape(-1, kh * kw)
     for tile in tiles:
-        part = phases[tile] if adjoint else phases[tile].conj()
-        spectra = (part @ taps).view(-1, out_channels, channels)
+        planes = (table[tile].reshape(-1, kh * kw) @ flat.T).view(-1, 2, out_channels * channels)
+        spectra = torch.complex(planes[:, 0], planes[:, 1]).view(-1, out_channels, channels)
         yield spectra if adjoint else spectra.mT
 
 
@@ -115,7 +116,7 @@ def kernel_spectrum_adjoint(
 ) -> torch.Tensor:
     """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4),
     contiguous: ``Re(g^T conj(E))``, one complex GEMM."""
-    return taps_as_weight(kernel_taps(g, grid, kernel, shift), kernel)
+    return taps_as_weight(kernel_taps(g, grid, kernel, shift), g.shape[2], kernel)
 
 
 def kernel_taps(
@@ -124,21 +125,22 @@ def kernel_taps(
     kernel: tuple[int, int],
     shift: tuple[int, int] = (0, 0),
     bins: slice = slice(None),
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`kernel_spectrum_adjoint` of the frequencies ``bins`` that ``g`` holds (a
-    tile's), real ``(O, C, taps)`` (a strided view), so that tiles add up before
-    :func:`taps_as_weight`. Reads ``g`` as the weight is laid out: free where ``g`` is a
-    transposed view of a contiguous ``(bins, O, C)`` (the reference backend's kernel
-    gradient)."""
-    count, channels, out_channels = g.shape
+    tile's), complex ``(O C, taps)`` whose real part is the taps' gradient, added to
+    ``out`` when given (the tiles' sum, one buffer); :func:`taps_as_weight` lays it out.
+    Reads ``g`` as the weight is laid out: free where ``g`` is a transposed view of a
+    contiguous ``(bins, O, C)`` (the reference backend's kernel gradient)."""
+    count = g.shape[0]
     phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)[bins]
     flat = g.mT.resolve_conj().reshape(count, -1)
-    return (flat.T @ phases).real.view(out_channels, channels, -1)
+    return flat.T @ phases if out is None else out.addmm_(flat.T, phases)
 
 
-def taps_as_weight(taps: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """:func:`kernel_taps` ``(O, C, taps)`` -> a weight ``(O, C, kh, kw)``, contiguous."""
-    return taps.reshape(*taps.shape[:2], *kernel).contiguous()
+def taps_as_weight(taps: torch.Tensor, out_channels: int, kernel: tuple[int, int]) -> torch.Tensor:
+    """:func:`kernel_taps` -> a weight ``(O, C, kh, kw)``, contiguous."""
+    return taps.real.reshape(out_channels, -1, *kernel).contiguous()
 
 
 @functools.lru_cache(maxsize=256)
@@ -158,6 +160,16 @@ def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
     with torch.inference_mode(False):  # a cached table must be usable by autograd later
         phases = snap_zeros(torch.polar(torch.ones_like(angle), -angle))
         return phases.to(dtype=complex_dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _planes(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
+    """:func:`_phases` as real planes ``(bins, 2, kh kw)``: ``[cos, sin]`` (``E``, for
+    ``K``) or ``[cos, -sin]`` (``conj(E)``, for ``K^H``), in ``dtype``."""
+    phases = _phases(grid, kernel, shift, dtype, device)
+    with torch.inference_mode(False):
+        planes = torch.view_as_real(phases if adjoint else phases.conj().resolve_conj())
+        return planes.permute(0, 2, 1).contiguous()
 
 
 def _span(size: int) -> tuple[int, ...]:

@@ -167,13 +167,12 @@ def _source_gradients(
             source_tile = ops.operand(spectrum_in) if whole else spectrum_in[tile]
             grad_kernel = ops.grouped_product_weight_grad(source_tile, grad_tile, cfg.groups)
             if wants_weight:
-                tile_taps = transforms.kernel_taps(grad_kernel, geom.grid, cfg.kernel, shift, tile)
-                taps = tile_taps if taps is None else taps.add_(tile_taps)
+                taps = transforms.kernel_taps(grad_kernel, geom.grid, cfg.kernel, shift, tile, out=taps)
             elif wants_affine:
                 tile_inner = torch.einsum("foc,fco->o", kernel, grad_kernel).real
                 inner = tile_inner if inner is None else inner.add_(tile_inner)
     if wants_weight:
-        taps = transforms.taps_as_weight(taps, cfg.kernel)
+        taps = transforms.taps_as_weight(taps, part.shape[0], cfg.kernel)
     if wants_source:
         if spatial:
             grad_in = transforms.map_spectrum_adjoint(grad_in, geom.grid, geom.size)
