@@ -21,7 +21,7 @@ from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 from spectriton.ops.sources import dc_real, source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named
-from spectriton.ops.tiles import kernel_tiles
+from spectriton.ops.tiles import kernel_tiles, output_runs
 
 
 def gradient_names(sources: int) -> tuple[str, ...]:
@@ -96,19 +96,65 @@ def _layer_backward(
     grad_out = CompressedSpectrum._trusted(
         grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
     )
-    if cfg.strided:  # back from the output's grid to the block's, dense
-        grad_out = transforms.crop_spectrum_adjoint(ops.unpack(grad_out), geom)
-    grad_out = ops.operand(grad_out)  # converted once, read by every product below
-    wants_weight, grad_kernels, start = "weight" in wanted, [], 0
-    inner = torch.zeros(out_channels, dtype=real, device=weight.device)  # <grad_out, product> per channel
-    for index, (source, mask, offset, channels, shift) in enumerate(
-        zip(inputs, masks, offsets, cfg.channels, cfg.shifts)
+    wants_weight = "weight" in wanted
+    wants_bias = "bias" in wanted or (wants_affine and bias is not None)
+    spectra = [  # the FFT of a spatial input only when the kernel gradient needs it
+        source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
+        if mask is not None or wants_weight or wants_affine
+        else None
+        for source, mask, offset, channels in zip(inputs, masks, offsets, cfg.channels)
+    ]
+    wants = (wants_weight, wants_bias, wants_affine)
+    computed = weight.to(real)  # in the products' precision
+    computed_bias = None if bias is None else bias.to(real)
+    if cfg.strided:  # back from the output's grid to the block's, dense: a run of channels at a time
+        dense = ops.unpack(grad_out)
+        parts = []
+        for run in output_runs(geom.bins, batch, out_channels):
+            grid_grad = transforms.crop_spectrum_adjoint(dense[..., run], geom)
+            parts.append(_products_backward(
+                ops, cfg, geom, batch, wanted, computed[run], _part(computed_bias, run), _part(scale, run),
+                grid_grad, masks, spectra, wants,
+            ))  # fmt: skip
+        sums = {key: sum(part[key] for part in parts) for key in parts[0] if key.startswith("inputs.")}
+        joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0] if key not in sums}
+        found = {**sums, **joined}
+    else:
+        found = _products_backward(
+            ops, cfg, geom, batch, wanted, computed, computed_bias, scale, ops.operand(grad_out), masks,
+            spectra, wants,
+        )  # fmt: skip
+    for index, source in enumerate(inputs):
+        if f"inputs.{index}" in found:
+            grads[f"inputs.{index}"] = found[f"inputs.{index}"].to(source.dtype)
+    if wants_weight:
+        grads["weight"] = transforms.dense_weight_adjoint(found["weight"].to(weight.dtype), cfg.dilation)
+    if wants_bias:
+        grads["bias"] = found["bias"].to(weight.dtype)
+    if wants_affine:
+        grads["affine"] = affine_grad(found["inner"], dc, moments, out_grid).to(affine.dtype)
+    return grads
+
+
+def _part(t: Tensor | None, run: slice) -> Tensor | None:
+    return None if t is None else t[run]
+
+
+def _products_backward(
+    ops, cfg, geom, batch, wanted, weight, bias, scale, grad_out, masks, spectra, wants,
+) -> dict[str, Tensor]:  # fmt: skip
+    """The gradients that go through the products, for ``weight``'s output channels and
+    ``grad_out`` on the block's grid: each source's (``inputs.<s>``), the weight's and the
+    bias's (scaled by BatchNorm's ``scale``), and the affine's ``inner`` (``<G, X K>`` per
+    channel, the bias's share included)."""
+    wants_weight, wants_bias, wants_affine = wants
+    out_channels, found, taps_parts, start = weight.shape[0], {}, [], 0
+    inner = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)  # <grad_out, product>
+    for index, (spectrum_in, mask, channels, shift) in enumerate(
+        zip(spectra, masks, cfg.channels, cfg.shifts)
     ):
         wants_source = f"inputs.{index}" in wanted
-        spectrum_in = None  # the FFT of a spatial input only when the kernel gradient needs it
-        if mask is not None or wants_weight or wants_affine:
-            spectrum_in = source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
-        part = weight[:, start : start + channels].to(real)
+        part = weight[:, start : start + channels]
         start += channels
         tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
         grad_source, taps, inner_part = _source_gradients(
@@ -116,23 +162,21 @@ def _layer_backward(
             wants_source, wants_weight, wants_affine,
         )  # fmt: skip
         if wants_source:
-            grads[f"inputs.{index}"] = grad_source.to(source.dtype)
+            found[f"inputs.{index}"] = grad_source
         if wants_weight:
-            grad_kernels.append(taps)
+            taps_parts.append(taps)
         if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
             inner += inner_part if taps is None else (taps * part).sum((1, 2, 3))
     if wants_weight:
-        grad_weight = grad_kernels[0] if len(grad_kernels) == 1 else torch.cat(grad_kernels, dim=1)
-        if scale is not None:
-            grad_weight = grad_weight * scale.view(-1, 1, 1, 1)
-        grads["weight"] = transforms.dense_weight_adjoint(grad_weight.to(weight.dtype), cfg.dilation)
-    if "bias" in wanted or (wants_affine and bias is not None):  # the bias's gradient before the scale
+        grad_weight = taps_parts[0] if len(taps_parts) == 1 else torch.cat(taps_parts, dim=1)
+        found["weight"] = grad_weight if scale is None else grad_weight * scale.view(-1, 1, 1, 1)
+    if wants_bias:  # the bias's gradient before the scale
         dc_grid = dc_real(grad_out, batch, out_channels).sum(0) * transforms.bias_scale(geom.grid)
-        inner += 0 if bias is None else bias.to(real) * dc_grid
-        grads["bias"] = (dc_grid if scale is None else dc_grid * scale).to(weight.dtype)
+        inner += 0 if bias is None else bias * dc_grid
+        found["bias"] = dc_grid if scale is None else dc_grid * scale
     if wants_affine:
-        grads["affine"] = affine_grad(inner, dc, moments, out_grid).to(affine.dtype)
-    return grads
+        found["inner"] = inner
+    return found
 
 
 def _source_gradients(

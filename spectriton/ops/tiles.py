@@ -17,7 +17,7 @@ from torch import Tensor
 
 from spectriton import transforms
 
-TILE_ENTRIES = 1 << 20  # complex entries of one kernel-spectrum tile: 8 MiB in complex64
+TILE_ENTRIES = 1 << 19  # complex entries of one kernel-spectrum tile: 4 MiB in complex64
 
 
 def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
@@ -25,6 +25,14 @@ def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
     bin, ``channels`` per group) hold at most ``TILE_ENTRIES``, one bin at least."""
     step = max(1, TILE_ENTRIES // max(channels * out_channels, 1))
     return [slice(start, min(start + step, bins)) for start in range(0, bins, step)]
+
+
+def output_runs(bins: int, batch: int, out_channels: int) -> list[slice]:
+    """Runs of output channels whose dense product spectra (``bins x batch`` entries a
+    channel) hold at most ``TILE_ENTRIES``, one channel at least: a strided layer's product
+    (forward) or gradient (backward) on its block's grid, cropped a run at a time."""
+    step = max(1, TILE_ENTRIES // max(bins * batch, 1))
+    return [slice(start, min(start + step, out_channels)) for start in range(0, out_channels, step)]
 
 
 def tiled_product(ops, weight: Tensor, spectrum_in, grid, shift, bias_dc, groups: int, tiles) -> Tensor:
