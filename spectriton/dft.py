@@ -5,7 +5,7 @@ grid: a map written at the grid's top-left corner (:func:`analysis` of ``range(h
 circular, strided crop a block's output reads (its ``positions``). On CPU and small grids
 two GEMMs on cached DFT tables do that faster than pocketFFT: they skip the padding and
 everything outside the crop, need no permuting copies (the half spectrum comes out
-frequency-major, ``(bins, N, C)``), and at 6 to 34 points per side run 1.4x to 10x faster
+frequency-major, ``(bins, N, C)``), and at 6 to 40 points per side run 2x to 5x faster
 (``bench/dft_check.py``). Larger grids, other devices and other dtypes keep the FFT
 (:func:`use_gemm`).
 
@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from spectriton.numerics import half_spectrum, snap_zeros
+from spectriton.numerics import half_spectrum, snap_zeros, spectrum_bins
 
 GEMM_GRID = 40  # the largest grid side (points) transformed by GEMMs; above, FFTs
 
@@ -41,6 +41,17 @@ def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
     return t.device.type == "cpu" and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
 
 
+CHUNK_BYTES = 8 << 20  # the most bytes of one transform's complex grid: larger batches go by channel runs
+
+
+def channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
+    """Runs of channels whose complex grids (``batch x run x grid``) fit ``CHUNK_BYTES``, one
+    channel at least: a transform's transients (its intermediate products, the permuting
+    copies) stay within a few chunks however large the batch (README, "Peak memory")."""
+    step = max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1))
+    return [slice(start, min(start + step, channels)) for start in range(0, channels, step)]
+
+
 def analysis(
     x: torch.Tensor,
     grid: tuple[int, int],
@@ -49,7 +60,18 @@ def analysis(
     mirrored: float = 1.0,
 ) -> torch.Tensor:
     """Real maps ``(N, C, len(rows), len(cols))`` at grid positions ``rows x cols`` ->
-    half spectra ``(bins, N, C)`` (module docstring)."""
+    half spectra ``(bins, N, C)`` (module docstring), by :func:`channel_chunks`."""
+    batch, channels = x.shape[:2]
+    runs = channel_chunks(batch, channels, grid)
+    if len(runs) == 1:
+        return _analysis(x, grid, rows, cols, mirrored)
+    out = x.new_empty(spectrum_bins(grid), batch, channels, dtype=complex_dtype(x.dtype))
+    for run in runs:
+        out[..., run] = _analysis(x[:, run], grid, rows, cols, mirrored)
+    return out
+
+
+def _analysis(x, grid, rows, cols, mirrored) -> torch.Tensor:
     batch, channels, height, width = x.shape
     row_table, col_table = _tables(grid, rows, cols, mirrored, -1, x.dtype, x.device)
     # along the columns, one real GEMM into interleaved (re, im) pairs: (N C, h, half cols)
@@ -68,7 +90,18 @@ def synthesis(
     mirrored: float = 1.0,
 ) -> torch.Tensor:
     """Half spectra ``(bins, N, C)`` -> real maps ``(N, C, len(rows), len(cols))`` at grid
-    positions ``rows x cols`` (module docstring)."""
+    positions ``rows x cols`` (module docstring), by :func:`channel_chunks`."""
+    _, batch, channels = spectrum.shape
+    runs = channel_chunks(batch, channels, grid)
+    if len(runs) == 1:
+        return _synthesis(spectrum, grid, rows, cols, mirrored)
+    out = spectrum.real.new_empty(batch, channels, len(rows), len(cols))
+    for run in runs:
+        out[:, run] = _synthesis(spectrum[..., run], grid, rows, cols, mirrored)
+    return out
+
+
+def _synthesis(spectrum, grid, rows, cols, mirrored) -> torch.Tensor:
     _, batch, channels = spectrum.shape
     real = spectrum.real.dtype
     row_table, col_table = _tables(grid, rows, cols, mirrored, 1, real, spectrum.device)
@@ -77,6 +110,11 @@ def synthesis(
     # along the columns, the real part of a batched complex GEMM
     y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
     return y.permute(1, 0, 2).contiguous().view(batch, channels, len(rows), len(cols))
+
+
+def complex_dtype(real: torch.dtype) -> torch.dtype:
+    """The complex dtype of ``real``'s precision."""
+    return torch.complex128 if real == torch.float64 else torch.complex64
 
 
 @functools.lru_cache(maxsize=512)
@@ -91,14 +129,14 @@ def _tables(grid, rows, cols, mirrored, sign, dtype, device) -> tuple[torch.Tens
         weights[-1] = 1.0
     row_phase = _phase(half_rows, rows, grid[0], sign) / math.sqrt(grid[0])  # (half rows, h)
     col_phase = _phase(half_cols, cols, grid[1], sign) * (weights / math.sqrt(grid[1])).view(-1, 1)
-    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    precision = complex_dtype(dtype)
     with torch.inference_mode(False):  # a cached table must be usable by autograd later
         if sign < 0:
-            row_table = row_phase.to(complex_dtype)
+            row_table = row_phase.to(precision)
             col_table = torch.view_as_real(col_phase.T.contiguous()).reshape(len(cols), -1).to(dtype)
         else:
-            row_table = row_phase.T.contiguous().to(complex_dtype)
-            col_table = col_phase.to(complex_dtype)
+            row_table = row_phase.T.contiguous().to(precision)
+            col_table = col_phase.to(precision)
         return row_table.to(device), col_table.to(device)
 
 

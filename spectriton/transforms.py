@@ -31,8 +31,8 @@ def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if dft.use_gemm(x, grid):
         return dft.analysis(x, grid, _span(x.shape[-2]), _span(x.shape[-1]))
     batch, channels = x.shape[:2]
-    out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=_complex(x.dtype))
-    for chunk in _channel_chunks(batch, channels, grid):
+    out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=dft.complex_dtype(x.dtype))
+    for chunk in dft.channel_chunks(batch, channels, grid):
         out[..., chunk] = torch.fft.rfft2(x[:, chunk], s=grid, norm="ortho").permute(2, 3, 0, 1)
     return out.view(-1, batch, channels)
 
@@ -46,21 +46,6 @@ def scale_mirrored_(g: torch.Tensor, grid: tuple[int, int], factor: float, dim: 
     return g
 
 
-def _complex(real: torch.dtype) -> torch.dtype:
-    return torch.complex128 if real == torch.float64 else torch.complex64
-
-
-CHUNK_BYTES = 8 << 20  # the most bytes of one FFT's grid: larger batches go by channel chunks
-
-
-def _channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
-    """Runs of channels whose complex grids (``batch x run x grid``) fit ``CHUNK_BYTES``, one
-    channel at least: an FFT's transients (its padded grid, its output, the permuting copy)
-    stay within a few chunks however large the map (README, "Peak memory")."""
-    step = max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1))
-    return [slice(start, min(start + step, channels)) for start in range(0, channels, step)]
-
-
 def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Adjoint of :func:`map_spectrum`: ``(bins, N, C)`` gradient -> ``(N, C, *size)``.
 
@@ -72,7 +57,7 @@ def map_spectrum_adjoint(g: torch.Tensor, grid: tuple[int, int], size: tuple[int
     batch, channels = g.shape[1:]
     halves = g.view(*half_spectrum(grid), batch, channels)
     out = g.real.new_empty(batch, channels, *size)
-    for chunk in _channel_chunks(batch, channels, grid):
+    for chunk in dft.channel_chunks(batch, channels, grid):
         spectrum = scale_mirrored_(halves[..., chunk].permute(2, 3, 0, 1).clone(), grid, 0.5, dim=3)
         out[:, chunk] = torch.fft.irfft2(spectrum, s=grid, norm="ortho")[..., : size[0], : size[1]]
     return out
@@ -217,7 +202,7 @@ def to_space(
     out = torch.empty(
         batch, channels, *geom.out, dtype=real, device=spectrum.device, memory_format=memory_format
     )
-    for chunk in _channel_chunks(batch, channels, geom.grid):
+    for chunk in dft.channel_chunks(batch, channels, geom.grid):
         y = torch.fft.irfft2(halves[..., chunk].permute(2, 3, 0, 1), s=geom.grid, norm="ortho")
         for rows, out_rows in _crop_slices(geom, 0):
             for cols, out_cols in _crop_slices(geom, 1):
@@ -231,8 +216,8 @@ def _place(r: torch.Tensor, geom: BlockGeometry, mirrored: float = 1.0) -> torch
     batch, channels = r.shape[:2]
     if dft.use_gemm(r, geom.grid):
         return dft.analysis(r, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored)
-    spectrum = r.new_empty(*geom.half, batch, channels, dtype=_complex(r.dtype))
-    for chunk in _channel_chunks(batch, channels, geom.grid):
+    spectrum = r.new_empty(*geom.half, batch, channels, dtype=dft.complex_dtype(r.dtype))
+    for chunk in dft.channel_chunks(batch, channels, geom.grid):
         full = r.new_zeros(batch, chunk.stop - chunk.start, *geom.grid)
         for rows, out_rows in _crop_slices(geom, 0):
             for cols, out_cols in _crop_slices(geom, 1):

@@ -53,8 +53,8 @@ def _step(layer, x):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"stride": 2}, {"normalize": True, "affine": True}, {"groups": 4}],
-    ids=["plain", "strided", "normalised", "grouped"],
+    [{}, {"stride": 2}, {"normalize": True, "affine": True}, {"groups": 4}, {"groups": 4, "stride": 2}],
+    ids=["plain", "strided", "normalised", "grouped", "grouped-strided"],
 )
 def test_a_layer_by_tiles_gives_the_whole_layers_outputs_and_gradients(options, monkeypatch):
     """A bin a tile against one tile: outputs and every gradient, split tanh at beta 0

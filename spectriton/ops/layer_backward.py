@@ -98,23 +98,29 @@ def _layer_backward(
     )
     wants_weight = "weight" in wanted
     wants_bias = "bias" in wanted or (wants_affine and bias is not None)
-    spectra = [  # the FFT of a spatial input only when the kernel gradient needs it
-        source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
-        if mask is not None or wants_weight or wants_affine
-        else None
-        for source, mask, offset, channels in zip(inputs, masks, offsets, cfg.channels)
-    ]
+
+    def spectrum_of(index: int):  # the FFT of a spatial input only when the kernel gradient needs it
+        if masks[index] is None and not (wants_weight or wants_affine):
+            return None
+        source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
+        return source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
+
+    if cfg.strided:  # computed once for every run of output channels below
+        spectra = [spectrum_of(index) for index in range(len(inputs))]
+        spectra_of = spectra.__getitem__
+    else:  # computed as each is needed, let go after
+        spectra_of = spectrum_of
     wants = (wants_weight, wants_bias, wants_affine)
     computed = weight.to(real)  # in the products' precision
     computed_bias = None if bias is None else bias.to(real)
     if cfg.strided:  # back from the output's grid to the block's, dense: a run of channels at a time
         dense = ops.unpack(grad_out)
         parts = []
-        for run in output_runs(geom.bins, batch, out_channels):
+        for run in output_runs(geom.bins, batch, out_channels, cfg.groups):
             grid_grad = transforms.crop_spectrum_adjoint(dense[..., run], geom)
             parts.append(_products_backward(
                 ops, cfg, geom, batch, wanted, computed[run], _part(computed_bias, run), _part(scale, run),
-                grid_grad, masks, spectra, wants,
+                grid_grad, masks, spectra_of, wants,
             ))  # fmt: skip
         sums = {key: sum(part[key] for part in parts) for key in parts[0] if key.startswith("inputs.")}
         joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0] if key not in sums}
@@ -122,7 +128,7 @@ def _layer_backward(
     else:
         found = _products_backward(
             ops, cfg, geom, batch, wanted, computed, computed_bias, scale, ops.operand(grad_out), masks,
-            spectra, wants,
+            spectra_of, wants,
         )  # fmt: skip
     for index, source in enumerate(inputs):
         if f"inputs.{index}" in found:
@@ -141,18 +147,18 @@ def _part(t: Tensor | None, run: slice) -> Tensor | None:
 
 
 def _products_backward(
-    ops, cfg, geom, batch, wanted, weight, bias, scale, grad_out, masks, spectra, wants,
+    ops, cfg, geom, batch, wanted, weight, bias, scale, grad_out, masks, spectra_of, wants,
 ) -> dict[str, Tensor]:  # fmt: skip
     """The gradients that go through the products, for ``weight``'s output channels and
     ``grad_out`` on the block's grid: each source's (``inputs.<s>``), the weight's and the
     bias's (scaled by BatchNorm's ``scale``), and the affine's ``inner`` (``<G, X K>`` per
-    channel, the bias's share included)."""
+    channel, the bias's share included). ``spectra_of(s)``: source ``s``'s spectrum (None
+    where no product reads it)."""
     wants_weight, wants_bias, wants_affine = wants
     out_channels, found, taps_parts, start = weight.shape[0], {}, [], 0
     inner = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)  # <grad_out, product>
-    for index, (spectrum_in, mask, channels, shift) in enumerate(
-        zip(spectra, masks, cfg.channels, cfg.shifts)
-    ):
+    for index, (mask, channels, shift) in enumerate(zip(masks, cfg.channels, cfg.shifts)):
+        spectrum_in = spectra_of(index)
         wants_source = f"inputs.{index}" in wanted
         part = weight[:, start : start + channels]
         start += channels
