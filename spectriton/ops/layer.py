@@ -32,7 +32,7 @@ from spectriton.ops.layer_backward import gradient_names, layer_backward
 from spectriton.ops.rebuild import rebuild_input
 from spectriton.ops.sources import source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named, to_named
-from spectriton.ops.tiles import kernel_tiles, tiled_product
+from spectriton.ops.tiles import kernel_tiles, output_runs, tiled_product
 from spectriton.provenance import RecipeArgs
 
 
@@ -127,9 +127,21 @@ def _summed_forward(
     ``moments`` (see :func:`layer`), the product is normalised per channel (and scaled and
     shifted by ``affine``), then ``residual`` is added; returns the compressed output, the
     threshold used and the batch's moments."""
-    product = _dense_product(ops, weight, bias, cfg, geom, batch, real, sources)
-    if cfg.strided:
-        product = transforms.crop_spectrum(product, geom)
+    spectra = [
+        source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
+        for (inputs, mask, offsets), channels in zip(sources, cfg.channels)
+    ]
+    if cfg.strided:  # cropped to the output's grid a run of output channels at a time
+        runs = output_runs(geom.bins, batch, weight.shape[0], cfg.groups)
+        cropped = [
+            transforms.crop_spectrum(
+                _dense_product(ops, weight[run], _part(bias, run), cfg, geom, real, spectra), geom
+            )
+            for run in runs
+        ]  # each run's grid-sized product let go once cropped
+        product = torch.cat(cropped, dim=2)
+    else:
+        product = _dense_product(ops, weight, bias, cfg, geom, real, spectra)
     out_grid = cfg.out_grid(geom)
     batch_moments = product.real.new_empty(0)
     if moments is not None:
@@ -144,11 +156,15 @@ def _summed_forward(
     return out, beta, batch_moments
 
 
-def _dense_product(ops, weight, bias, cfg, geom, batch, real, sources) -> Tensor:
-    """The layer's product spectrum ``(bins, N, O)``, summed over its sources."""
+def _part(t: Tensor | None, run: slice) -> Tensor | None:
+    return None if t is None else t[run]
+
+
+def _dense_product(ops, weight, bias, cfg, geom, real, spectra) -> Tensor:
+    """The product spectrum ``(bins, N, O)`` of ``weight``'s output channels, summed over
+    the sources' ``spectra``."""
     product, start = None, 0
-    for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
-        spectrum_in = source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
+    for spectrum_in, channels, shift in zip(spectra, cfg.channels, cfg.shifts):
         part = weight[:, start : start + channels].to(real)
         bias_dc = None
         if bias is not None and product is None:

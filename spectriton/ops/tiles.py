@@ -29,9 +29,9 @@ def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
 
 def output_runs(bins: int, batch: int, out_channels: int, groups: int = 1) -> list[slice]:
     """Runs of output channels whose dense product spectra (``bins x batch`` entries a
-    channel) hold at most ``TILE_ENTRIES``, one channel at least: a strided layer's gradient
-    on its block's grid, cropped a run at a time. A grouped layer runs whole (a run would
-    cut its groups)."""
+    channel) hold at most ``TILE_ENTRIES``, one channel at least: a strided layer's product
+    (forward) and gradient (backward) on its block's grid, cropped a run at a time. A grouped
+    layer runs whole (a run would cut its groups)."""
     step = out_channels if groups > 1 else max(1, TILE_ENTRIES // max(bins * batch, 1))
     return [slice(start, min(start + step, out_channels)) for start in range(0, out_channels, step)]
 
