@@ -5,10 +5,9 @@ layer holds: a 512 -> 512 layer on a 6 x 4 half spectrum has 48 MiB of kernel sp
 (complex64) for a 9 MiB weight, while a batch of 8 makes a 0.75 MiB product spectrum.
 A layer builds ``K``, ``K^H`` and the kernel gradient ``gK`` a tile of at most
 ``TILE_ENTRIES`` complex entries at a time (one bin at least) and sums the tiles' weight
-gradients, so its kernel-spectrum transients stay within two tiles (README, "Peak
-memory"). The tiles depend on the layer's shape and grid only, not on the batch: a
-sample's output is bitwise the same in any batch (data-parallel ranks agree with one
-process).
+gradients, so its kernel-spectrum transients stay within a few tiles (README, "Peak
+memory"). The kernel tiles depend on the layer's shape and grid only, not on the batch
+(a strided layer's :func:`output_runs` do depend on it).
 """
 
 from __future__ import annotations
