@@ -25,7 +25,7 @@ import functools
 import torch
 
 from spectriton import _checks
-from spectriton.numerics import half_spectrum, spectrum_bins
+from spectriton.numerics import complex_dtype, half_spectrum, spectrum_bins
 
 WORD_BITS = 32
 VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -257,7 +257,7 @@ class CompressedSpectrum:
 
     @property
     def dense_dtype(self) -> torch.dtype:
-        return torch.complex128 if self.values.dtype == torch.float64 else torch.complex64
+        return complex_dtype(self.values.dtype)
 
     @property
     def nbytes(self) -> int:

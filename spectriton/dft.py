@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from spectriton.numerics import half_spectrum, snap_zeros, spectrum_bins
+from spectriton.numerics import complex_dtype, half_spectrum, runs, snap_zeros, spectrum_bins
 
 GEMM_GRID = 40  # the largest grid side (points) transformed by GEMMs; above, FFTs
 
@@ -48,8 +48,7 @@ def channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[sli
     """Runs of channels whose complex grids (``batch x run x grid``) fit ``CHUNK_BYTES``, one
     channel at least: a transform's transients (its intermediate products, the permuting
     copies) stay within a few chunks however large the batch (README, "Peak memory")."""
-    step = max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1))
-    return [slice(start, min(start + step, channels)) for start in range(0, channels, step)]
+    return runs(channels, max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1)))
 
 
 def analysis(
@@ -62,11 +61,11 @@ def analysis(
     """Real maps ``(N, C, len(rows), len(cols))`` at grid positions ``rows x cols`` ->
     half spectra ``(bins, N, C)`` (module docstring), by :func:`channel_chunks`."""
     batch, channels = x.shape[:2]
-    runs = channel_chunks(batch, channels, grid)
-    if len(runs) == 1:
+    chunks = channel_chunks(batch, channels, grid)
+    if len(chunks) == 1:
         return _analysis(x, grid, rows, cols, mirrored)
     out = x.new_empty(spectrum_bins(grid), batch, channels, dtype=complex_dtype(x.dtype))
-    for run in runs:
+    for run in chunks:
         out[..., run] = _analysis(x[:, run], grid, rows, cols, mirrored)
     return out
 
@@ -92,11 +91,11 @@ def synthesis(
     """Half spectra ``(bins, N, C)`` -> real maps ``(N, C, len(rows), len(cols))`` at grid
     positions ``rows x cols`` (module docstring), by :func:`channel_chunks`."""
     _, batch, channels = spectrum.shape
-    runs = channel_chunks(batch, channels, grid)
-    if len(runs) == 1:
+    chunks = channel_chunks(batch, channels, grid)
+    if len(chunks) == 1:
         return _synthesis(spectrum, grid, rows, cols, mirrored)
     out = spectrum.real.new_empty(batch, channels, len(rows), len(cols))
-    for run in runs:
+    for run in chunks:
         out[:, run] = _synthesis(spectrum[..., run], grid, rows, cols, mirrored)
     return out
 
@@ -110,11 +109,6 @@ def _synthesis(spectrum, grid, rows, cols, mirrored) -> torch.Tensor:
     # along the columns, the real part of a batched complex GEMM
     y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
     return y.permute(1, 0, 2).contiguous().view(batch, channels, len(rows), len(cols))
-
-
-def complex_dtype(real: torch.dtype) -> torch.dtype:
-    """The complex dtype of ``real``'s precision."""
-    return torch.complex128 if real == torch.float64 else torch.complex64
 
 
 @functools.lru_cache(maxsize=512)

@@ -63,6 +63,17 @@ def exact(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def complex_dtype(real: torch.dtype) -> torch.dtype:
+    """The complex dtype of ``real``'s precision: complex128 for float64, else complex64."""
+    return torch.complex128 if real == torch.float64 else torch.complex64
+
+
+def runs(total: int, step: int) -> list[slice]:
+    """``range(total)`` as consecutive slices ``step`` long (the last may be shorter): the
+    tiles, chunks and runs that bound a layer's transients."""
+    return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+
+
 def snap_zeros(table: Tensor) -> Tensor:
     """A DFT table (real, or complex viewed as real) with the cosines and sines of quarter
     turns set to the zero they are: computed, they come out near 6e-17, and their products

@@ -22,7 +22,7 @@ import torch
 
 from spectriton import dft
 from spectriton.geometry import BlockGeometry
-from spectriton.numerics import half_spectrum, snap_zeros
+from spectriton.numerics import complex_dtype, half_spectrum, snap_zeros
 
 
 def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -31,7 +31,7 @@ def map_spectrum(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if dft.use_gemm(x, grid):
         return dft.analysis(x, grid, _span(x.shape[-2]), _span(x.shape[-1]))
     batch, channels = x.shape[:2]
-    out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=dft.complex_dtype(x.dtype))
+    out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=complex_dtype(x.dtype))
     for chunk in dft.channel_chunks(batch, channels, grid):
         out[..., chunk] = torch.fft.rfft2(x[:, chunk], s=grid, norm="ortho").permute(2, 3, 0, 1)
     return out.view(-1, batch, channels)
@@ -141,10 +141,9 @@ def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
     # exact integer phases modulo the grid, so the angle stays in [0, 2 pi)
     turns = (u * i % grid[0]).double() / grid[0] + (v * j % grid[1]).double() / grid[1]
     angle = (2 * math.pi * turns).reshape(rows * cols, kernel[0] * kernel[1])
-    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     with torch.inference_mode(False):  # a cached table must be usable by autograd later
         phases = snap_zeros(torch.polar(torch.ones_like(angle), -angle))
-        return phases.to(dtype=complex_dtype, device=device)
+        return phases.to(dtype=complex_dtype(dtype), device=device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,7 +215,7 @@ def _place(r: torch.Tensor, geom: BlockGeometry, mirrored: float = 1.0) -> torch
     batch, channels = r.shape[:2]
     if dft.use_gemm(r, geom.grid):
         return dft.analysis(r, geom.grid, _positions(geom, 0), _positions(geom, 1), mirrored)
-    spectrum = r.new_empty(*geom.half, batch, channels, dtype=dft.complex_dtype(r.dtype))
+    spectrum = r.new_empty(*geom.half, batch, channels, dtype=complex_dtype(r.dtype))
     for chunk in dft.channel_chunks(batch, channels, geom.grid):
         full = r.new_zeros(batch, chunk.stop - chunk.start, *geom.grid)
         for rows, out_rows in _crop_slices(geom, 0):

@@ -32,7 +32,7 @@ from spectriton.ops.layer_backward import gradient_names, layer_backward
 from spectriton.ops.rebuild import rebuild_input
 from spectriton.ops.sources import source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named, to_named
-from spectriton.ops.tiles import kernel_tiles, output_runs, tiled_product
+from spectriton.ops.tiles import kernel_tiles, output_runs, part_of, tiled_product
 from spectriton.provenance import RecipeArgs
 
 
@@ -135,7 +135,7 @@ def _summed_forward(
         runs = output_runs(geom.bins, batch, weight.shape[0], cfg.groups)
         cropped = [
             transforms.crop_spectrum(
-                _dense_product(ops, weight[run], _part(bias, run), cfg, geom, real, spectra), geom
+                _dense_product(ops, weight[run], part_of(bias, run), cfg, geom, real, spectra), geom
             )
             for run in runs
         ]  # each run's grid-sized product let go once cropped
@@ -154,10 +154,6 @@ def _summed_forward(
     beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
     out = ops.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, out_grid)
     return out, beta, batch_moments
-
-
-def _part(t: Tensor | None, run: slice) -> Tensor | None:
-    return None if t is None else t[run]
 
 
 def _dense_product(ops, weight, bias, cfg, geom, real, spectra) -> Tensor:

@@ -16,12 +16,12 @@ from spectriton import backend, transforms
 from spectriton.compressed import CompressedSpectrum, kept_positions
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import affine_grad, moments_scale
-from spectriton.numerics import compute_dtype, exact, spectrum_bins
+from spectriton.numerics import complex_dtype, compute_dtype, exact, spectrum_bins
 from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 from spectriton.ops.sources import dc_real, source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named
-from spectriton.ops.tiles import kernel_tiles, output_runs
+from spectriton.ops.tiles import kernel_tiles, output_runs, part_of
 
 
 def gradient_names(sources: int) -> tuple[str, ...]:
@@ -119,8 +119,8 @@ def _layer_backward(
         for run in output_runs(geom.bins, batch, out_channels, cfg.groups):
             grid_grad = transforms.crop_spectrum_adjoint(dense[..., run], geom)
             parts.append(_products_backward(
-                ops, cfg, geom, batch, wanted, computed[run], _part(computed_bias, run), _part(scale, run),
-                grid_grad, masks, spectra_of, wants,
+                ops, cfg, geom, batch, wanted, computed[run], part_of(computed_bias, run),
+                part_of(scale, run), grid_grad, masks, spectra_of, wants,
             ))  # fmt: skip
         sums = {key: sum(part[key] for part in parts) for key in parts[0] if key.startswith("inputs.")}
         joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0] if key not in sums}
@@ -140,10 +140,6 @@ def _layer_backward(
     if wants_affine:
         grads["affine"] = affine_grad(found["inner"], dc, moments, out_grid).to(affine.dtype)
     return grads
-
-
-def _part(t: Tensor | None, run: slice) -> Tensor | None:
-    return None if t is None else t[run]
 
 
 def _products_backward(
@@ -237,11 +233,11 @@ def _(spec, grad_values, weight, bias, inputs, masks, offsets, named, *, names, 
     affine = from_named(names, named).get("affine")
     cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     bins = spectrum_bins(cfg.out_grid(geom))
-    complex_dtype = torch.complex128 if compute_dtype(weight, *inputs) == torch.float64 else torch.complex64
+    precision = complex_dtype(compute_dtype(weight, *inputs))
     likes = {
         "weight": weight,
         "bias": weight.new_empty(weight.shape[0]),
-        "residual": weight.new_empty(bins, batch, weight.shape[0], dtype=complex_dtype),
+        "residual": weight.new_empty(bins, batch, weight.shape[0], dtype=precision),
         "affine": weight.new_empty(2, weight.shape[0]) if affine is None else affine,
         **{f"inputs.{s}": source for s, source in enumerate(inputs)},
     }

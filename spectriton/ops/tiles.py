@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from spectriton import transforms
+from spectriton.numerics import runs
 
 TILE_ENTRIES = 1 << 19  # complex entries of one kernel-spectrum tile: 4 MiB in complex64
 
@@ -22,8 +23,7 @@ TILE_ENTRIES = 1 << 19  # complex entries of one kernel-spectrum tile: 4 MiB in 
 def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
     """Runs of ``range(bins)`` whose kernel spectra (``channels x out_channels`` entries a
     bin, ``channels`` per group) hold at most ``TILE_ENTRIES``, one bin at least."""
-    step = max(1, TILE_ENTRIES // max(channels * out_channels, 1))
-    return [slice(start, min(start + step, bins)) for start in range(0, bins, step)]
+    return runs(bins, max(1, TILE_ENTRIES // max(channels * out_channels, 1)))
 
 
 def output_runs(bins: int, batch: int, out_channels: int, groups: int = 1) -> list[slice]:
@@ -31,8 +31,12 @@ def output_runs(bins: int, batch: int, out_channels: int, groups: int = 1) -> li
     channel) hold at most ``TILE_ENTRIES``, one channel at least: a strided layer's product
     (forward) and gradient (backward) on its block's grid, cropped a run at a time. A grouped
     layer runs whole (a run would cut its groups)."""
-    step = out_channels if groups > 1 else max(1, TILE_ENTRIES // max(bins * batch, 1))
-    return [slice(start, min(start + step, out_channels)) for start in range(0, out_channels, step)]
+    return runs(out_channels, out_channels if groups > 1 else max(1, TILE_ENTRIES // max(bins * batch, 1)))
+
+
+def part_of(t: Tensor | None, run: slice) -> Tensor | None:
+    """``t``'s entries in ``run`` (a per-output-channel bias or scale), or None."""
+    return None if t is None else t[run]
 
 
 def tiled_product(ops, weight: Tensor, spectrum_in, grid, shift, bias_dc, groups: int, tiles) -> Tensor:
