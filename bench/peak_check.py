@@ -1,20 +1,49 @@
-"""The CPU step peak two ways, for a torchvision ResNet-18 and its conversion.
+"""The CPU step peak of a torchvision ResNet-18 and its conversion, bare and checkpointed.
 
     MALLOC_MMAP_THRESHOLD_=65536 python bench/peak_check.py [--size 128] [--batch 8] [--budget-gib 2]
+    python bench/peak_check.py --table [--size 128] [--batch 8]
 
 Prints, per form, ``peak_step_bytes`` (the profiler's allocation record) beside
 ``resident_step_bytes`` (growth of peak resident memory, large allocations through mmap);
-with ``--budget-gib``, instead, the peaks at the batch and twice it and the largest batch
-whose step fits the budget by the linear fit ``compare`` uses on CPU.
+with ``--table``, instead, each form's saved bytes per sample, step peak and step time
+(median process time of three steps, one thread); with ``--budget-gib``, the peaks at the
+batch and twice it and the largest batch whose step fits the budget by the linear fit
+``compare`` uses on CPU. The forms: the original, the original checkpointed per stage and
+stem (``torch.utils.checkpoint`` around the stem and each of ``layer1`` to ``layer4``, the
+usual baseline), the conversion, and the conversion with its stages checkpointed.
 """
 
 import argparse
+import statistics
+import time
 
 import torch
 import torchvision
 
 import spectriton
-from spectriton.memory import peak_step_bytes, resident_step_bytes
+from spectriton.checkpointing import checkpoint_children
+from spectriton.memory import peak_step_bytes, resident_step_bytes, saved_bytes
+
+STAGES = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def forms() -> dict[str, torch.nn.Module]:
+    """The four forms, each freshly built from the same seed."""
+
+    def resnet() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torchvision.models.resnet18(num_classes=10)
+
+    checkpointed = resnet()  # the stem as one module, in conv1's place
+    stem = torch.nn.Sequential(checkpointed.conv1, checkpointed.bn1, checkpointed.relu, checkpointed.maxpool)
+    checkpointed.conv1, checkpointed.bn1 = stem, torch.nn.Identity()
+    checkpointed.relu, checkpointed.maxpool = torch.nn.Identity(), torch.nn.Identity()
+    return {
+        "original": resnet(),
+        "checkpoint": checkpoint_children(checkpointed, ["conv1", *STAGES]),
+        "converted": spectriton.convert(resnet()),
+        "converted+ckpt": checkpoint_children(spectriton.convert(resnet()), STAGES),
+    }
 
 
 def main() -> None:
@@ -22,23 +51,38 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--budget-gib", type=float, default=None)
+    parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     x = torch.randn(args.batch, 3, args.size, args.size)
     target = torch.zeros(args.batch, dtype=torch.long)
-    original = torchvision.models.resnet18(num_classes=10)
-    forms = {
-        "original": original,
-        "converted": spectriton.convert(torchvision.models.resnet18(num_classes=10)),
-    }
-    for name, model in forms.items():
+    if args.table:
+        print(f"{'form':<15} {'saved B/sample':>15} {'peak MiB':>9} {'step ms':>8}")
+    for name, model in forms().items():
         if args.budget_gib is not None:
-            print(f"{name:<10} {_largest_batch(model, x, target, args.budget_gib * 2**30)}")
-            continue
-        peak, resident = peak_step_bytes(model, x, target), resident_step_bytes(model, x, target)
-        mib = f"peak_step_bytes {peak / 2**20:8.2f} MiB  resident_step_bytes {resident / 2**20:8.2f} MiB"
-        print(f"{name:<10} {mib}")
+            print(f"{name:<15} {_largest_batch(model, x, target, args.budget_gib * 2**30)}")
+        elif args.table:
+            saved = saved_bytes(model, x).total // args.batch
+            peak = peak_step_bytes(model, x, target)
+            print(
+                f"{name:<15} {saved:>15,} {peak / 2**20:9.2f} {_step_ms(model, x, target):8.1f}", flush=True
+            )
+        else:
+            peak, resident = peak_step_bytes(model, x, target), resident_step_bytes(model, x, target)
+            mib = f"peak_step_bytes {peak / 2**20:8.2f} MiB  resident_step_bytes {resident / 2**20:8.2f} MiB"
+            print(f"{name:<15} {mib}", flush=True)
+
+
+def _step_ms(model, x, target) -> float:
+    """Median process time of three training steps (forward, cross-entropy, backward)."""
+    times = []
+    for _ in range(4):
+        start = time.process_time()
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        times.append((time.process_time() - start) * 1e3)
+        model.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
 
 
 def _largest_batch(model, x, target, budget: float) -> str:

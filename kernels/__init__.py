@@ -9,7 +9,7 @@ from spectriton.kernels.grouped import (
     grouped_product_input_grad,
     grouped_product_weight_grad,
 )
-from spectriton.kernels.packing import pack, unpack
+from spectriton.kernels.packing import pack, unpack, unpack_tiles
 from spectriton.kernels.spectral_product import (
     operand,
     product,
@@ -32,4 +32,5 @@ __all__ = [
     "product_weight_grad",
     "threshold_compact",
     "unpack",
+    "unpack_tiles",
 ]

@@ -6,6 +6,8 @@ Bytes moved: unpack reads ``E/8`` mask + ``v nnz`` values and writes ``8E``; pac
 mask and the kept entries of the dense input and writes ``v nnz``.
 """
 
+from collections.abc import Iterator
+
 import torch
 import triton
 import triton.language as tl
@@ -57,6 +59,14 @@ def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
             spectrum.numel, BLOCK=BLOCK,
         )  # fmt: skip
     return dense
+
+
+def unpack_tiles(spectrum: CompressedSpectrum, tiles: list[slice]) -> Iterator[torch.Tensor]:
+    """Twin of :func:`spectriton.reference.unpack_tiles` that unpacks the whole spectrum once
+    (a tile alone would need its offsets read on the host) and yields its rows."""
+    dense = unpack(spectrum)
+    for tile in tiles:
+        yield dense[tile]
 
 
 @ranged("pack")

@@ -34,8 +34,9 @@ def ops(device: torch.device) -> ModuleType:
 
     Both modules expose the same functions: ``threshold_compact``, ``activation_backward``,
     ``product``, ``product_threshold``, ``product_input_grad``, ``product_weight_grad``,
-    ``operand``, ``pack``, ``unpack``, and ``grouped_product``, ``grouped_product_input_grad``,
-    ``grouped_product_weight_grad`` (a grouped layer's, per group: :mod:`spectriton.grouped`).
+    ``operand``, ``pack``, ``unpack``, ``unpack_tiles``, and ``grouped_product``,
+    ``grouped_product_input_grad``, ``grouped_product_weight_grad`` (a grouped layer's, per
+    group: :mod:`spectriton.grouped`).
     """
     if backend_name(device) == "triton":
         from spectriton import kernels

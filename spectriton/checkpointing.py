@@ -33,6 +33,17 @@ class Checkpointed(nn.Module):
         return recomputed(self.body, x)
 
 
+def checkpoint_children(model: nn.Module, names: list[str]) -> nn.Module:
+    """``model`` with each named submodule (a dotted path, e.g. ``layer1``) replaced by
+    itself under ``torch.utils.checkpoint`` (:class:`Checkpointed`), in place: a stage of
+    any network checkpointed the way :func:`checkpoint_blocks` does the zoo's."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, Checkpointed(getattr(owner, child)))
+    return model
+
+
 def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:
     """A zoo network (``features`` then ``classifier``) with each block of its features
     checkpointed: the modules up to and including each pool, and each spatial dense layer

@@ -63,17 +63,14 @@ def pack_bits(keep: torch.Tensor) -> torch.Tensor:
     return packed.view(torch.int32)
 
 
-def unpack_bits(mask: torch.Tensor, numel: int) -> torch.Tensor:
-    """Int32 bitmask -> bool stream ``(numel,)``."""
+def unpack_bits(mask: torch.Tensor, numel: int, start: int = 0) -> torch.Tensor:
+    """Int32 bitmask -> bool stream ``(numel,)``: the bits of entries ``start`` on."""
     shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    words = mask[: mask_words(numel)].contiguous()
+    first = start // WORD_BITS
+    words = mask[first : mask_words(start + numel)].contiguous()
     bits = (words.view(torch.uint8).unsqueeze(-1) >> shifts) & 1
-    return bits.view(-1)[:numel].bool()
-
-
-def kept_positions(mask: torch.Tensor, numel: int) -> torch.Tensor:
-    """Stream positions of the entries ``mask`` keeps, int64 ``(nnz,)``, in value order."""
-    return unpack_bits(mask, numel).nonzero().squeeze(1)
+    skip = start - first * WORD_BITS
+    return bits.view(-1)[skip : skip + numel].bool()
 
 
 def word_prefix(mask: torch.Tensor) -> torch.Tensor:
@@ -276,6 +273,17 @@ class CompressedSpectrum:
         dense = torch.zeros(self.numel, dtype=self.dense_dtype, device=self.values.device)
         dense.masked_scatter_(self.keep(), values)  # no positions: a third of nonzero + index_copy_
         return dense.view(self.bins, self.batch, self.channels)
+
+    def frequencies(self, run: slice) -> torch.Tensor:
+        """The rows ``run`` of :meth:`to_frequency_major`, ``(len(run), batch, channels)``,
+        unpacked alone: a tile's worth of memory, for two reads of ``offsets``."""
+        per_bin = self.batch * self.channels
+        first, last = self.offsets[[run.start, run.stop]].tolist()
+        values = torch.view_as_complex(self.values[first:last].to(self.dense_dtype.to_real()))
+        count = (run.stop - run.start) * per_bin
+        dense = torch.zeros(count, dtype=self.dense_dtype, device=self.values.device)
+        dense.masked_scatter_(unpack_bits(self.mask, count, run.start * per_bin), values)
+        return dense.view(-1, self.batch, self.channels)
 
     def to_dense(self) -> torch.Tensor:
         """The complex half spectrum ``(batch, channels, P0, P1 // 2 + 1)`` (a permuted view

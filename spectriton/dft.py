@@ -41,7 +41,7 @@ def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
     return t.device.type == "cpu" and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
 
 
-CHUNK_BYTES = 8 << 20  # the most bytes of one transform's complex grid: larger batches go by channel runs
+CHUNK_BYTES = 4 << 20  # the most bytes of one transform's complex grid: larger batches go by channel runs
 
 
 def channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
@@ -91,24 +91,21 @@ def synthesis(
     """Half spectra ``(bins, N, C)`` -> real maps ``(N, C, len(rows), len(cols))`` at grid
     positions ``rows x cols`` (module docstring), by :func:`channel_chunks`."""
     _, batch, channels = spectrum.shape
-    chunks = channel_chunks(batch, channels, grid)
-    if len(chunks) == 1:
-        return _synthesis(spectrum, grid, rows, cols, mirrored)
     out = spectrum.real.new_empty(batch, channels, len(rows), len(cols))
-    for run in chunks:
-        out[:, run] = _synthesis(spectrum[..., run], grid, rows, cols, mirrored)
+    for run in channel_chunks(batch, channels, grid):
+        _synthesis(spectrum[..., run], grid, rows, cols, mirrored, out[:, run])
     return out
 
 
-def _synthesis(spectrum, grid, rows, cols, mirrored) -> torch.Tensor:
+def _synthesis(spectrum, grid, rows, cols, mirrored, out) -> None:
     _, batch, channels = spectrum.shape
     real = spectrum.real.dtype
     row_table, col_table = _tables(grid, rows, cols, mirrored, 1, real, spectrum.device)
     # along the rows, one complex GEMM on the frequency-major layout: (h, half cols, N C)
     half_rows = (row_table @ spectrum.reshape(row_table.shape[1], -1)).view(len(rows), -1, batch * channels)
-    # along the columns, the real part of a batched complex GEMM
+    # along the columns, the real part of a batched complex GEMM, permuted as it is written
     y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
-    return y.permute(1, 0, 2).contiguous().view(batch, channels, len(rows), len(cols))
+    out.copy_(y.permute(1, 0, 2).view(out.shape))
 
 
 @functools.lru_cache(maxsize=512)

@@ -13,4 +13,13 @@ def nonfinite_samples(x: Tensor) -> Tensor:
 def mark_nonfinite(y: Tensor, nonfinite: Tensor) -> Tensor:
     """``y`` with the samples where ``nonfinite`` is set made NaN (an addition: nothing is
     saved for it)."""
-    return y + torch.where(nonfinite, float("nan"), 0.0).to(y.dtype).view(-1, 1, 1, 1)
+    return y + _marks(nonfinite, y.dtype)
+
+
+def mark_nonfinite_(y: Tensor, nonfinite: Tensor) -> Tensor:
+    """:func:`mark_nonfinite` in place, for a ``y`` outside autograd that nothing else reads."""
+    return y.add_(_marks(nonfinite, y.dtype))
+
+
+def _marks(nonfinite: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.where(nonfinite, float("nan"), 0.0).to(dtype).view(-1, 1, 1, 1)

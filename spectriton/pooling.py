@@ -10,7 +10,7 @@ from torch import nn
 
 from spectriton import _checks, provenance
 from spectriton.nvtx import annotate, ranged
-from spectriton.windows import unpacked_positions, window_max
+from spectriton.windows import input_indices, window_max
 
 
 class CompactMaxPoolFunction(torch.autograd.Function):
@@ -27,15 +27,10 @@ class CompactMaxPoolFunction(torch.autograd.Function):
     @ranged("pool.backward")
     def backward(ctx, grad: torch.Tensor):
         (index,) = ctx.saved_tensors
-        ((kh, kw), (sh, sw), (ph, pw)), (h, w) = ctx.window, ctx.size
-        n, c, ho, wo = grad.shape
-        position = unpacked_positions(index, (kh, kw), grad.shape)
-        # a position in the padding is read only where the window's valid entries are all
-        # -inf; nn.MaxPool2d then takes the first valid one, which clamping gives
-        rows = (torch.arange(ho, device=grad.device).view(-1, 1) * sh - ph + position // kw).clamp_(0, h - 1)
-        cols = (torch.arange(wo, device=grad.device) * sw - pw + position % kw).clamp_(0, w - 1)
+        (h, w), (n, c) = ctx.size, grad.shape[:2]
+        flat = input_indices(index, *ctx.window, grad.shape, (h, w))
         grad_x = grad.new_zeros(n, c, h * w)
-        grad_x.scatter_add_(2, (rows * w + cols).view(n, c, -1), grad.reshape(n, c, -1))
+        grad_x.scatter_add_(2, flat, grad.reshape(n, c, -1))
         return grad_x.view(n, c, h, w), None, None, None, None, None
 
 

@@ -12,26 +12,34 @@ as it reads (no copies).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
 
 from spectriton import grouped
 from spectriton.compressed import CompressedSpectrum, as_pairs, compact, unpack_bits
-from spectriton.numerics import scaled_threshold
+from spectriton.numerics import runs, scaled_threshold
+
+KEEP_ENTRIES = 1 << 20  # entries thresholded at a time: the float temporaries stay a few MiB
 
 
 def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
     """Entries whose magnitude is above ``beta`` (strict), by the rule of
     :mod:`spectriton.numerics`: at ``beta`` 0 every non-zero entry, however tiny; NaN and
-    Inf are always kept."""
+    Inf are always kept. Decided a run of rows (frequencies) at a time, into one bool
+    tensor, so that no float temporary the spectrum's size is made."""
     scale, beta2 = scaled_threshold(beta)
     if not isinstance(beta2, torch.Tensor) and beta2 == 0:
         return spectrum != 0
-    re, im = spectrum.real, spectrum.imag
     if isinstance(scale, torch.Tensor):  # rounded as a Python float would be: to the entries' dtype
-        scale, beta2 = scale.to(re.dtype), beta2.to(re.dtype)
-    if isinstance(scale, torch.Tensor) or scale != 1:
-        re, im = re * scale, im * scale
-    keep = ~(re.square() + im.square() <= beta2)
+        scale, beta2 = scale.to(spectrum.real.dtype), beta2.to(spectrum.real.dtype)
+    keep = torch.empty(spectrum.shape, dtype=torch.bool, device=spectrum.device)
+    for rows in runs(spectrum.shape[0], max(1, KEEP_ENTRIES // max(math.prod(spectrum.shape[1:]), 1))):
+        re, im = spectrum[rows].real, spectrum[rows].imag
+        if isinstance(scale, torch.Tensor) or scale != 1:
+            re, im = re * scale, im * scale
+        torch.le(re.square().add_(im.square()), beta2, out=keep[rows]).logical_not_()
     if isinstance(beta2, torch.Tensor):  # a threshold computed on the device may be 0 too
         keep |= (beta2 == 0) & (spectrum != 0)
     return keep
@@ -83,6 +91,13 @@ def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
     """Compressed -> dense complex ``(bins, N, C)``."""
     return spectrum.to_frequency_major()
+
+
+def unpack_tiles(spectrum: CompressedSpectrum, tiles: list[slice]) -> Iterator[torch.Tensor]:
+    """:func:`unpack` of each run of frequencies in ``tiles``, one at a time: only a tile
+    is ever dense."""
+    for tile in tiles:
+        yield spectrum.frequencies(tile)
 
 
 def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:

@@ -90,17 +90,23 @@ def kernel_spectra(
     out_channels, channels, kh, kw = weight.shape
     table = _planes(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
     flat = weight.reshape(-1, kh * kw)
-    for tile in tiles:
-        planes = (table[tile].reshape(-1, kh * kw) @ flat.T).view(-1, 2, out_channels * channels)
-        spectra = torch.complex(planes[:, 0], planes[:, 1]).view(-1, out_channels, channels)
-        yield spectra if adjoint else spectra.mT
+    for tile in tiles:  # nothing of a tile held here once it is yielded
+        yield _tile_spectra(table[tile], flat, out_channels, adjoint)
+
+
+def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, out_channels: int, adjoint: bool) -> torch.Tensor:
+    """One tile of :func:`kernel_spectra` from its rows of ``_planes`` and the weight's
+    ``(O C, taps)``: the real planes, then interleaved."""
+    planes = (table.reshape(-1, flat.shape[1]) @ flat.T).view(table.shape[0], 2, -1)
+    spectra = torch.complex(planes[:, 0], planes[:, 1]).view(table.shape[0], out_channels, -1)
+    return spectra if adjoint else spectra.mT
 
 
 def kernel_spectrum_adjoint(
     g: torch.Tensor, grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:
     """Adjoint of :func:`kernel_spectrum`: ``(bins, C, O)`` -> ``(O, C, kh, kw)`` (eq. 4),
-    contiguous: ``Re(g^T conj(E))``, one complex GEMM."""
+    contiguous: ``Re(g^T conj(E))``, one real GEMM (:func:`kernel_taps`)."""
     return taps_as_weight(kernel_taps(g, grid, kernel, shift), g.shape[2], kernel)
 
 
@@ -113,19 +119,23 @@ def kernel_taps(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`kernel_spectrum_adjoint` of the frequencies ``bins`` that ``g`` holds (a
-    tile's), complex ``(O C, taps)`` whose real part is the taps' gradient, added to
-    ``out`` when given (the tiles' sum, one buffer); :func:`taps_as_weight` lays it out.
-    Reads ``g`` as the weight is laid out: free where ``g`` is a transposed view of a
-    contiguous ``(bins, O, C)`` (the reference backend's kernel gradient)."""
+    tile's): the taps' gradient, real ``(O C, taps)``, added to ``out`` when given (the
+    tiles' sum, one buffer that is the weight's gradient: :func:`taps_as_weight` views it).
+
+    ``Re(g[f] conj(E[f])) = Re g[f] cos + Im g[f] sin``: one real GEMM of ``g``'s planes
+    (a copy the size of ``g``, read as the weight is laid out) by ``E``'s ``[cos, sin]``
+    planes, so no complex ``(O C, taps)`` is ever made."""
     count = g.shape[0]
-    phases = _phases(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device)[bins]
-    flat = g.mT.resolve_conj().reshape(count, -1)
-    return flat.T @ phases if out is None else out.addmm_(flat.T, phases)
+    table = _planes(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device, False)[bins]
+    pairs = torch.view_as_real(g.mT.resolve_conj().reshape(count, -1))  # (bins, O C, 2)
+    planes = pairs.permute(0, 2, 1).reshape(2 * count, -1)  # rows (f, re | im)
+    table = table.reshape(2 * count, -1)
+    return planes.T @ table if out is None else out.addmm_(planes.T, table)
 
 
 def taps_as_weight(taps: torch.Tensor, out_channels: int, kernel: tuple[int, int]) -> torch.Tensor:
-    """:func:`kernel_taps` -> a weight ``(O, C, kh, kw)``, contiguous."""
-    return taps.real.reshape(out_channels, -1, *kernel).contiguous()
+    """:func:`kernel_taps` -> a weight ``(O, C, kh, kw)`` (a view)."""
+    return taps.view(out_channels, -1, *kernel)
 
 
 @functools.lru_cache(maxsize=256)

@@ -96,6 +96,29 @@ def test_overlapping_compact_pool_matches_max_pool_and_keeps_four_bits_per_outpu
 
 
 @pytest.mark.parametrize(
+    "window", [((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 0))]
+)
+def test_packed_pool_positions_read_back_the_maxima_and_route_as_max_pool(window):
+    """The packed positions give back each window's maximum bitwise (what a rebuilt block
+    input reads) and send the gradient where ``nn.MaxPool2d`` does: ties, a window of -inf
+    reaching into the padding, a NaN."""
+    from spectriton.windows import window_max, window_values
+
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64)
+    x[0, 0, :3, :3] = -float("inf")
+    x[0, 1, 4:7, 4:7] = 1.0
+    x[1, 2, 2, 2] = float("nan")
+    maxima, packed = window_max(x, *window)
+    expected = nn.functional.max_pool2d(x, *window)
+    torch.testing.assert_close(maxima, expected, atol=0, rtol=0, equal_nan=True)
+    torch.testing.assert_close(window_values(x, packed, *window), maxima, atol=0, rtol=0, equal_nan=True)
+    x.requires_grad_()
+    g = torch.randn_like(expected)
+    got = torch.autograd.grad(st.CompactMaxPool2d(*window)(x), x, g)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(nn.MaxPool2d(*window)(x), x, g)[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
     "options",
     [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)],
     ids=["2x2", "3x3-ceil"],

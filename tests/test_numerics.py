@@ -139,6 +139,20 @@ def test_threshold_decision_is_exact_far_from_float32_range(beta, backend):
     assert reference.keep_mask(spectrum, beta).view(-1).tolist() == [False, False, True, True]
 
 
+@pytest.mark.parametrize("beta", [0.4, torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.0)], ids=str)
+def test_threshold_decided_by_runs_of_rows_is_the_whole_decision(beta, monkeypatch):
+    """``keep_mask`` thresholds a few rows at a time (``KEEP_ENTRIES``): the runs, the last
+    one short, decide as one pass would, NaN and Inf kept and zeros dropped at beta 0."""
+    spectrum = torch.randn(7, 3, 5, dtype=torch.complex64)
+    spectrum[2, 1, 3], spectrum[6, 0, 0], spectrum[0, 0, 1] = float("nan"), float("inf"), 0
+    re, im = spectrum.real.double(), spectrum.imag.double()
+    whole = ~(re.square() + im.square() <= float(beta) ** 2) | spectrum.isnan()
+    if float(beta) == 0:
+        whole = spectrum != 0
+    monkeypatch.setattr(reference, "KEEP_ENTRIES", 2 * 15)  # two rows a run: runs 2, 2, 2, 1
+    assert torch.equal(reference.keep_mask(spectrum, beta), whole)
+
+
 @pytest.mark.parametrize(
     "dtype,scale",
     [(torch.float32, 1e-21), (torch.float32, 1e-24), (torch.float64, 1e-170)],

@@ -133,13 +133,15 @@ def _summed_forward(
     ]
     if cfg.strided:  # cropped to the output's grid a run of output channels at a time
         runs = output_runs(geom.bins, batch, weight.shape[0], cfg.groups)
-        cropped = [
-            transforms.crop_spectrum(
-                _dense_product(ops, weight[run], part_of(bias, run), cfg, geom, real, spectra), geom
-            )
-            for run in runs
-        ]  # each run's grid-sized product let go once cropped
-        product = torch.cat(cropped, dim=2)
+        product = torch.cat(
+            [
+                transforms.crop_spectrum(
+                    _dense_product(ops, weight[run], part_of(bias, run), cfg, geom, real, spectra), geom
+                )
+                for run in runs
+            ],
+            dim=2,
+        )  # each run's grid-sized product let go once cropped, the crops once joined
     else:
         product = _dense_product(ops, weight, bias, cfg, geom, real, spectra)
     out_grid = cfg.out_grid(geom)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from spectriton import backend, transforms
-from spectriton.compressed import CompressedSpectrum, kept_positions
+from spectriton.compressed import CompressedSpectrum
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import affine_grad, moments_scale
 from spectriton.numerics import complex_dtype, compute_dtype, exact, spectrum_bins
@@ -77,25 +77,20 @@ def _layer_backward(
     if cfg.activation:
         grad_values = ops.activation_backward(values, grad_values)
     out_channels = weight.shape[0]
-    if "residual" in wanted:  # the residual was added as it is: its gradient is the sum's, dense
-        summed = CompressedSpectrum._trusted(
-            grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
-        )
-        grads["residual"] = ops.unpack(summed)
-    scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
-    wants_affine = affine is not None and "affine" in wanted
-    if moments is not None:  # scaled by channel: the kept entries' channels, read off the mask
-        numel = spectrum_bins(out_grid) * batch * out_channels
-        positions = kept_positions(out_mask, numel)
-        channel = positions % out_channels
-        if wants_affine:  # the real parts at the DC entries (frequency 0 comes first), per channel
-            is_dc = (positions < batch * out_channels).to(real)
-            dc = torch.zeros(out_channels, dtype=real, device=weight.device)
-            dc.index_add_(0, channel, grad_values[:, 0].to(real) * is_dc)
-        grad_values = grad_values * moments_scale(moments)[channel].unsqueeze(1).to(grad_values.dtype)
     grad_out = CompressedSpectrum._trusted(
         grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
     )
+    del grad_values  # held by grad_out, which lets it go once unpacked
+    if "residual" in wanted:  # the residual was added as it is: its gradient is the sum's, dense
+        grads["residual"] = ops.unpack(grad_out)
+    scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
+    wants_affine = affine is not None and "affine" in wanted
+    if moments is not None:  # scaled by channel on the dense gradient: no per-entry positions
+        residual = grads.get("residual")
+        grad_out = ops.unpack(grad_out) if residual is None else residual.clone()
+        if wants_affine:  # the real parts at the DC bin (frequency 0 comes first), per channel
+            dc = grad_out[0].real.sum(0)
+        grad_out.mul_(moments_scale(moments).to(real))
     wants_weight = "weight" in wanted
     wants_bias = "bias" in wanted or (wants_affine and bias is not None)
 
@@ -114,25 +109,37 @@ def _layer_backward(
     computed = weight.to(real)  # in the products' precision
     computed_bias = None if bias is None else bias.to(real)
     if cfg.strided:  # back from the output's grid to the block's, dense: a run of channels at a time
-        dense = ops.unpack(grad_out)
-        parts = []
+        grad_out = grad_out if isinstance(grad_out, Tensor) else ops.unpack(grad_out)
+        found, per_run = {}, {}
         for run in output_runs(geom.bins, batch, out_channels, cfg.groups):
-            grid_grad = transforms.crop_spectrum_adjoint(dense[..., run], geom)
-            parts.append(_products_backward(
+            grid_grad = transforms.crop_spectrum_adjoint(grad_out[..., run], geom)
+            part = _products_backward(
                 ops, cfg, geom, batch, wanted, computed[run], part_of(computed_bias, run),
-                part_of(scale, run), grid_grad, masks, spectra_of, wants,
-            ))  # fmt: skip
-        sums = {key: sum(part[key] for part in parts) for key in parts[0] if key.startswith("inputs.")}
-        joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0] if key not in sums}
-        found = {**sums, **joined}
+                part_of(scale, run), grid_grad, masks, spectra_of, wants, packed=False,
+            )  # fmt: skip
+            for key, value in part.items():  # the sources' gradients summed as the runs go
+                if key.startswith("inputs."):
+                    found[key] = value if key not in found else found[key].add_(value)
+                else:
+                    per_run.setdefault(key, []).append(value)
+            del part, grid_grad
+        found |= {key: torch.cat(values) for key, values in per_run.items()}
     else:
+        grad_out = ops.operand(grad_out)  # the packed values let go where it is unpacked
         found = _products_backward(
-            ops, cfg, geom, batch, wanted, computed, computed_bias, scale, ops.operand(grad_out), masks,
-            spectra_of, wants,
+            ops, cfg, geom, batch, wanted, computed, computed_bias, scale, grad_out, masks, spectra_of,
+            wants, packed=True,
         )  # fmt: skip
+    del grad_out  # before the sources' gradients are finished
     for index, source in enumerate(inputs):
-        if f"inputs.{index}" in found:
-            grads[f"inputs.{index}"] = found[f"inputs.{index}"].to(source.dtype)
+        grad = found.pop(f"inputs.{index}", None)
+        if grad is None:
+            continue
+        if masks[index] is None:  # a spatial source: back from its spectrum on the block's grid
+            grad = transforms.map_spectrum_adjoint(grad, geom.grid, geom.size)
+        elif grad.is_complex():  # a compressed source's dense gradient, packed on its mask
+            grad = ops.pack(grad, masks[index], source.shape[0])
+        grads[f"inputs.{index}"] = grad.to(source.dtype)
     if wants_weight:
         grads["weight"] = transforms.dense_weight_adjoint(found["weight"].to(weight.dtype), cfg.dilation)
     if wants_bias:
@@ -143,13 +150,14 @@ def _layer_backward(
 
 
 def _products_backward(
-    ops, cfg, geom, batch, wanted, weight, bias, scale, grad_out, masks, spectra_of, wants,
+    ops, cfg, geom, batch, wanted, weight, bias, scale, grad_out, masks, spectra_of, wants, packed,
 ) -> dict[str, Tensor]:  # fmt: skip
     """The gradients that go through the products, for ``weight``'s output channels and
-    ``grad_out`` on the block's grid: each source's (``inputs.<s>``), the weight's and the
-    bias's (scaled by BatchNorm's ``scale``), and the affine's ``inner`` (``<G, X K>`` per
-    channel, the bias's share included). ``spectra_of(s)``: source ``s``'s spectrum (None
-    where no product reads it)."""
+    ``grad_out`` on the block's grid: each source's (``inputs.<s>``, its spectrum on the
+    grid: dense, or packed on its mask where ``packed`` lets a whole product do it), the
+    weight's and the bias's (scaled by BatchNorm's ``scale``), and the affine's ``inner``
+    (``<G, X K>`` per channel, the bias's share included). ``spectra_of(s)``: source
+    ``s``'s spectrum (None where no product reads it)."""
     wants_weight, wants_bias, wants_affine = wants
     out_channels, found, taps_parts, start = weight.shape[0], {}, [], 0
     inner = torch.zeros(out_channels, dtype=weight.dtype, device=weight.device)  # <grad_out, product>
@@ -160,7 +168,7 @@ def _products_backward(
         start += channels
         tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
         grad_source, taps, inner_part = _source_gradients(
-            ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, mask is None, tiles,
+            ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed and mask is not None, tiles,
             wants_source, wants_weight, wants_affine,
         )  # fmt: skip
         if wants_source:
@@ -182,18 +190,20 @@ def _products_backward(
 
 
 def _source_gradients(
-    ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, spatial, tiles, wants_source, wants_weight,
+    ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed, tiles, wants_source, wants_weight,
     wants_affine,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
-    """One source's gradient, its kernel's taps gradient and, without those, the affine's
-    ``<G, X K>`` per channel, over frequency ``tiles`` (:mod:`spectriton.ops.tiles`): with
-    one tile the backend's products read the operands as they are (a compressed source's
-    gradient packed on its mask by the product), with several they read dense tiles."""
-    whole, compressed = len(tiles) == 1, spectrum_in
+    """One source's gradient on the block's grid, its kernel's taps gradient and, without
+    those, the affine's ``<G, X K>`` per channel, over frequency ``tiles``
+    (:mod:`spectriton.ops.tiles`): with one tile the backend's products read the operands
+    as they are (with ``packed``, the compressed source's gradient packed on its mask by the
+    product), with several they read dense tiles and the source's gradient is dense."""
+    whole = len(tiles) == 1
     if not whole:
         grad_out = ops.unpack(grad_out) if isinstance(grad_out, CompressedSpectrum) else grad_out
-        if isinstance(spectrum_in, CompressedSpectrum):
-            spectrum_in = ops.unpack(spectrum_in)
+    source_tiles = None  # a compressed source's tiles, unpacked one at a time
+    if not whole and isinstance(spectrum_in, CompressedSpectrum) and (wants_weight or wants_affine):
+        source_tiles = ops.unpack_tiles(spectrum_in, tiles)
     grad_in = taps = inner = None
     needs_kernel = wants_source or (wants_affine and not wants_weight)  # else the affine reads the taps
     kernels = transforms.kernel_spectra(part, geom.grid, shift, True, tiles) if needs_kernel else None
@@ -201,29 +211,33 @@ def _source_gradients(
         grad_tile = grad_out if whole else grad_out[tile]
         kernel = next(kernels) if needs_kernel else None
         if wants_source:
-            scaled = kernel if scale is None else kernel * scale.view(1, -1, 1)
-            like = spectrum_in if whole and not spatial else None
-            grad = ops.grouped_product_input_grad(grad_tile, scaled, like, cfg.groups)
+            # BatchNorm's scale: on a whole layer's kernel (its gradient may be compressed),
+            # else on the tile's dense gradient, which is smaller than the tile's kernel
+            scaled = kernel if scale is None or not whole else kernel * scale.view(1, -1, 1)
+            grad_scaled = grad_tile if scale is None or whole else grad_tile * scale.view(1, 1, -1)
+            like = spectrum_in if whole and packed else None
+            grad = ops.grouped_product_input_grad(grad_scaled, scaled, like, cfg.groups)
             if whole:
                 grad_in = grad
             else:
                 grad_in = grad.new_empty(geom.bins, *grad.shape[1:]) if grad_in is None else grad_in
                 grad_in[tile] = grad
+            del scaled, grad_scaled, grad
         if wants_weight or wants_affine:
-            source_tile = ops.operand(spectrum_in) if whole else spectrum_in[tile]
+            if whole:
+                source_tile = ops.operand(spectrum_in)
+            else:
+                source_tile = spectrum_in[tile] if source_tiles is None else next(source_tiles)
             grad_kernel = ops.grouped_product_weight_grad(source_tile, grad_tile, cfg.groups)
             if wants_weight:
                 taps = transforms.kernel_taps(grad_kernel, geom.grid, cfg.kernel, shift, tile, out=taps)
             elif wants_affine:
                 tile_inner = torch.einsum("foc,fco->o", kernel, grad_kernel).real
                 inner = tile_inner if inner is None else inner.add_(tile_inner)
+            del grad_kernel, source_tile
+        del kernel  # this tile's transients, before the next tile's are made
     if wants_weight:
         taps = transforms.taps_as_weight(taps, part.shape[0], cfg.kernel)
-    if wants_source:
-        if spatial:
-            grad_in = transforms.map_spectrum_adjoint(grad_in, geom.grid, geom.size)
-        elif not whole:
-            grad_in = ops.pack(grad_in, compressed.mask, compressed.nnz)
     return grad_in, taps, inner
 
 

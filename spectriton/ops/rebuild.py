@@ -4,7 +4,7 @@ instead of a spatial input an earlier block made."""
 import torch
 from torch import Tensor
 
-from spectriton.nonfinite import mark_nonfinite
+from spectriton.nonfinite import mark_nonfinite_
 from spectriton.ops.output import output
 from spectriton.provenance import RecipeArgs
 from spectriton.windows import window_values
@@ -20,5 +20,5 @@ def rebuild_input(tensors: list[Tensor], args: RecipeArgs, dtype: torch.dtype) -
         values, mask, offsets, batch=args.batch, channels=args.channels, geometry=args.geom.to_args(),
         dtype=dtype, channels_last=args.channels_last, keep_values=False,
     )  # fmt: skip
-    y = mark_nonfinite(y, nonfinite)
+    y = mark_nonfinite_(y, nonfinite)  # y is this call's own
     return window_values(y, index[0], *args.pool) if args.pool else y

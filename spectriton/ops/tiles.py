@@ -17,7 +17,7 @@ from torch import Tensor
 from spectriton import transforms
 from spectriton.numerics import runs
 
-TILE_ENTRIES = 1 << 19  # complex entries of one kernel-spectrum tile: 4 MiB in complex64
+TILE_ENTRIES = 1 << 18  # complex entries of one kernel-spectrum tile: 2 MiB in complex64
 
 
 def kernel_tiles(bins: int, channels: int, out_channels: int) -> list[slice]:
@@ -53,4 +53,5 @@ def tiled_product(ops, weight: Tensor, spectrum_in, grid, shift, bias_dc, groups
         if out is None:
             out = part.new_empty(dense.shape[0], *part.shape[1:])
         out[tile] = part
+        del kernel, part  # this tile's, before the next is made
     return out
