@@ -6,8 +6,12 @@ from torch import Tensor
 
 
 def nonfinite_samples(x: Tensor) -> Tensor:
-    """Which samples of a spatial batch hold a NaN or Inf, ``(N,)`` bool (no autograd)."""
-    return ~torch.isfinite(x.detach()).flatten(1).all(1)
+    """Which samples of a spatial batch hold a NaN or Inf, ``(N,)`` bool (no autograd): those
+    whose largest entry is NaN or +Inf or whose smallest is -Inf (two reductions, in any
+    memory format, no bool map of the batch)."""
+    dims = tuple(range(1, x.dim()))
+    x = x.detach()
+    return ~(torch.isfinite(x.amax(dims)) & torch.isfinite(x.amin(dims)))
 
 
 def mark_nonfinite(y: Tensor, nonfinite: Tensor) -> Tensor:
