@@ -329,6 +329,18 @@ def test_pack_and_unpack(batch, channels, grid):
     assert torch.equal(packed, ref.pack(other, x.mask, x.nnz))
 
 
+def test_unpack_tiles_yield_the_rows_of_the_whole():
+    """Each tile of a compressed spectrum, unpacked alone (the torch twin, from two offsets
+    and the mask bits of the tile's range, tiles not aligned to mask words) or cut from one
+    whole unpack (the Triton launcher), is those rows of the whole dense spectrum."""
+    x = _compressed(3, 5, (9, 9))  # 45 bins of 15 entries each
+    tiles = [slice(0, 7), slice(7, 8), slice(8, 30), slice(30, 45)]
+    whole = ref.unpack(x)
+    for backend in (ref, kernels):
+        for tile, part in zip(tiles, backend.unpack_tiles(x, tiles), strict=True):
+            torch.testing.assert_close(part, whole[tile], atol=0, rtol=0)
+
+
 def test_activation_backward():
     x = _compressed(2, 3, (9, 9))
     grad = torch.randn_like(x.values)
