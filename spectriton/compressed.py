@@ -269,21 +269,23 @@ class CompressedSpectrum:
 
     def to_frequency_major(self) -> torch.Tensor:
         """The complex spectrum as ``(bins, batch, channels)``, zeros where nothing was kept."""
-        values = torch.view_as_complex(self.values.to(self.dense_dtype.to_real()))
-        dense = torch.zeros(self.numel, dtype=self.dense_dtype, device=self.values.device)
-        dense.masked_scatter_(self.keep(), values)  # no positions: a third of nonzero + index_copy_
-        return dense.view(self.bins, self.batch, self.channels)
+        return self.frequencies(slice(0, self.bins))
 
     def frequencies(self, run: slice) -> torch.Tensor:
         """The rows ``run`` of :meth:`to_frequency_major`, ``(len(run), batch, channels)``,
-        unpacked alone: a tile's worth of memory, for two reads of ``offsets``."""
+        unpacked alone: a tile's worth of memory, for two reads of ``offsets`` (none for
+        every row)."""
         per_bin = self.batch * self.channels
-        first, last = self.offsets[[run.start, run.stop]].tolist()
-        values = torch.view_as_complex(self.values[first:last].to(self.dense_dtype.to_real()))
+        values = self.values
+        if (run.start, run.stop) != (0, self.bins):  # a part: its values start at an offset
+            first, last = self.offsets[[run.start, run.stop]].tolist()
+            values = values[first:last]
+        values = torch.view_as_complex(values.to(self.dense_dtype.to_real()))
         count = (run.stop - run.start) * per_bin
         dense = torch.zeros(count, dtype=self.dense_dtype, device=self.values.device)
-        dense.masked_scatter_(unpack_bits(self.mask, count, run.start * per_bin), values)
-        return dense.view(-1, self.batch, self.channels)
+        keep = unpack_bits(self.mask, count, run.start * per_bin)
+        dense.masked_scatter_(keep, values)  # no positions: a third of nonzero + index_copy_
+        return dense.view(run.stop - run.start, self.batch, self.channels)
 
     def to_dense(self) -> torch.Tensor:
         """The complex half spectrum ``(batch, channels, P0, P1 // 2 + 1)`` (a permuted view

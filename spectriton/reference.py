@@ -36,7 +36,8 @@ def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tenso
         scale, beta2 = scale.to(spectrum.real.dtype), beta2.to(spectrum.real.dtype)
     keep = torch.empty(spectrum.shape, dtype=torch.bool, device=spectrum.device)
     for rows in runs(spectrum.shape[0], max(1, KEEP_ENTRIES // max(math.prod(spectrum.shape[1:]), 1))):
-        re, im = spectrum[rows].real, spectrum[rows].imag
+        part = spectrum[rows]
+        re, im = part.real, part.imag
         if isinstance(scale, torch.Tensor) or scale != 1:
             re, im = re * scale, im * scale
         torch.le(re.square().add_(im.square()), beta2, out=keep[rows]).logical_not_()

@@ -126,7 +126,7 @@ def kernel_taps(
     (a copy the size of ``g``, read as the weight is laid out) by ``E``'s ``[cos, sin]``
     planes, so no complex ``(O C, taps)`` is ever made."""
     count = g.shape[0]
-    table = _planes(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device, False)[bins]
+    table = _planes(grid, tuple(kernel), tuple(shift), g.real.dtype, g.device, False)[bins]  # E: [cos, sin]
     pairs = torch.view_as_real(g.mT.resolve_conj().reshape(count, -1))  # (bins, O C, 2)
     planes = pairs.permute(0, 2, 1).reshape(2 * count, -1)  # rows (f, re | im)
     table = table.reshape(2 * count, -1)

@@ -59,7 +59,7 @@ def input_indices(packed: torch.Tensor, kernel, stride, padding, pooled: torch.S
     return rows.mul_(size[1]).add_(cols).view(*pooled[:2], -1).long()
 
 
-def pooled_shape(x: torch.Tensor, kernel, stride, padding) -> torch.Size:
+def _pooled_shape(x: torch.Tensor, kernel, stride, padding) -> torch.Size:
     """The shape of ``x`` max-pooled (floor mode)."""
     sizes = [(x.shape[2 + a] + 2 * padding[a] - kernel[a]) // stride[a] + 1 for a in range(2)]
     return torch.Size((*x.shape[:2], *sizes))
@@ -68,6 +68,6 @@ def pooled_shape(x: torch.Tensor, kernel, stride, padding) -> torch.Size:
 def window_values(x: torch.Tensor, packed: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
     """The pooled map again: each window's entry at its packed position (what the forward's
     max read), gathered from ``x``."""
-    pooled = pooled_shape(x, kernel, stride, padding)
+    pooled = _pooled_shape(x, kernel, stride, padding)
     flat = input_indices(packed, kernel, stride, padding, pooled, x.shape[-2:])
     return x.reshape(*pooled[:2], -1).gather(2, flat).view(pooled)
