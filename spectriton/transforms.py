@@ -75,30 +75,35 @@ def kernel_spectrum(
     ``shift`` rolls the kernel on the grid first: a layer that sums sources whose crops
     differ (a dense block) shifts each source's kernel so their outputs line up.
     """
-    return next(kernel_spectra(weight, grid, shift, adjoint, [slice(None)]))
+    return next(kernel_spectra(weight, grid, shift, adjoint, [(slice(None), slice(None))]))
 
 
 def kernel_spectra(
-    weight: torch.Tensor, grid: tuple[int, int], shift: tuple[int, int], adjoint: bool, tiles: list[slice]
+    weight: torch.Tensor,
+    grid: tuple[int, int],
+    shift: tuple[int, int],
+    adjoint: bool,
+    tiles: Sequence[tuple[slice, slice]],
 ) -> Iterator[torch.Tensor]:
-    """:func:`kernel_spectrum` of each run of frequencies in ``tiles``, one at a time (a
-    layer's frequency tiles: :mod:`spectriton.ops.tiles`).
+    """:func:`kernel_spectrum` of each tile in ``tiles``, one at a time: a tile is a run of
+    frequencies and a run of output channels (a layer's tiles: :mod:`spectriton.ops.tiles`).
 
     ``K^T[f] = sum_t E[f, t] w_t``: one real GEMM of the ``[cos | sin]`` rows of ``E``
-    (``[cos | -sin]`` for ``K^H``) by the weight's own ``(O C, taps)`` layout, no copy of the
-    weight, then the two planes interleaved: the transient is the tile's planes."""
+    (``[cos | -sin]`` for ``K^H``) by the tile's output channels of the weight in its own
+    ``(O, C taps)`` layout, no copy of the weight, then the two planes interleaved: the
+    transient is the tile's planes, and a tile reads only its channels' taps."""
     out_channels, channels, kh, kw = weight.shape
     table = _planes(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
-    flat = weight.reshape(-1, kh * kw)
-    for tile in tiles:  # nothing of a tile held here once it is yielded
-        yield _tile_spectra(table[tile], flat, out_channels, adjoint)
+    rows = weight.reshape(out_channels, -1)
+    for bins, outs in tiles:  # nothing of a tile held here once it is yielded
+        yield _tile_spectra(table[bins], rows[outs].reshape(-1, kh * kw), channels, adjoint)
 
 
-def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, out_channels: int, adjoint: bool) -> torch.Tensor:
-    """One tile of :func:`kernel_spectra` from its rows of ``_planes`` and the weight's
-    ``(O C, taps)``: the real planes, then interleaved."""
+def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, channels: int, adjoint: bool) -> torch.Tensor:
+    """One tile of :func:`kernel_spectra` from its rows of ``_planes`` and its output
+    channels' ``(O C, taps)``: the real planes, then interleaved."""
     planes = (table.reshape(-1, flat.shape[1]) @ flat.T).view(table.shape[0], 2, -1)
-    spectra = torch.complex(planes[:, 0], planes[:, 1]).view(table.shape[0], out_channels, -1)
+    spectra = torch.complex(planes[:, 0], planes[:, 1]).view(table.shape[0], -1, channels)
     return spectra if adjoint else spectra.mT
 
 
@@ -117,10 +122,12 @@ def kernel_taps(
     shift: tuple[int, int] = (0, 0),
     bins: slice = slice(None),
     out: torch.Tensor | None = None,
+    add: bool = False,
 ) -> torch.Tensor:
     """:func:`kernel_spectrum_adjoint` of the frequencies ``bins`` that ``g`` holds (a
-    tile's): the taps' gradient, real ``(O C, taps)``, added to ``out`` when given (the
-    tiles' sum, one buffer that is the weight's gradient: :func:`taps_as_weight` views it).
+    tile's): the taps' gradient, real ``(O C, taps)``, written to ``out`` when given (the
+    tile's rows of one buffer that is the weight's gradient: :func:`taps_as_weight` views
+    it), added to it with ``add`` (the tiles of later frequencies).
 
     ``Re(g[f] conj(E[f])) = Re g[f] cos + Im g[f] sin``: one real GEMM of ``g``'s planes
     (a copy the size of ``g``, read as the weight is laid out) by ``E``'s ``[cos, sin]``
@@ -130,7 +137,9 @@ def kernel_taps(
     pairs = torch.view_as_real(g.mT.resolve_conj().reshape(count, -1))  # (bins, O C, 2)
     planes = pairs.permute(0, 2, 1).reshape(2 * count, -1)  # rows (f, re | im)
     table = table.reshape(2 * count, -1)
-    return planes.T @ table if out is None else out.addmm_(planes.T, table)
+    if out is None:
+        return planes.T @ table
+    return out.addmm_(planes.T, table) if add else torch.mm(planes.T, table, out=out)
 
 
 def taps_as_weight(taps: torch.Tensor, out_channels: int, kernel: tuple[int, int]) -> torch.Tensor:

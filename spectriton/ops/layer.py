@@ -107,7 +107,7 @@ def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offs
     """One source at a fixed beta: the product with the threshold in its epilogue."""
     spectrum_in = source_spectrum(inputs, mask, offsets, batch, cfg.channels[0], geom.grid, real)
     bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(geom.grid)
-    tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0])
+    tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0], batch, weight[0, 0].numel())
     if len(tiles) > 1:  # a large kernel spectrum: by tiles, then the threshold
         product = tiled_product(
             ops, weight.to(real), spectrum_in, geom.grid, cfg.shifts[0], bias_dc, 1, tiles
@@ -136,14 +136,15 @@ def _summed_forward(
         product = torch.cat(
             [
                 transforms.crop_spectrum(
-                    _dense_product(ops, weight[run], part_of(bias, run), cfg, geom, real, spectra), geom
+                    _dense_product(ops, weight[run], part_of(bias, run), cfg, geom, batch, real, spectra),
+                    geom,
                 )
                 for run in runs
             ],
             dim=2,
         )  # each run's grid-sized product let go once cropped, the crops once joined
     else:
-        product = _dense_product(ops, weight, bias, cfg, geom, real, spectra)
+        product = _dense_product(ops, weight, bias, cfg, geom, batch, real, spectra)
     out_grid = cfg.out_grid(geom)
     batch_moments = product.real.new_empty(0)
     if moments is not None:
@@ -158,7 +159,7 @@ def _summed_forward(
     return out, beta, batch_moments
 
 
-def _dense_product(ops, weight, bias, cfg, geom, real, spectra) -> Tensor:
+def _dense_product(ops, weight, bias, cfg, geom, batch, real, spectra) -> Tensor:
     """The product spectrum ``(bins, N, O)`` of ``weight``'s output channels, summed over
     the sources' ``spectra``."""
     product, start = None, 0
@@ -167,7 +168,7 @@ def _dense_product(ops, weight, bias, cfg, geom, real, spectra) -> Tensor:
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(geom.grid)
-        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
+        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups)
         part = tiled_product(ops, part, spectrum_in, geom.grid, shift, bias_dc, cfg.groups, tiles)
         product = part if product is None else product.add_(part)
         start += channels

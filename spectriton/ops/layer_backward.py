@@ -100,8 +100,8 @@ def _layer_backward(
         source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
         return source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
 
-    if cfg.strided:  # computed once for every run of output channels below
-        spectra = [spectrum_of(index) for index in range(len(inputs))]
+    if cfg.strided:  # computed, and unpacked, once for every run of output channels below
+        spectra = [ops.operand(spectrum_of(index)) for index in range(len(inputs))]
         spectra_of = spectra.__getitem__
     else:  # computed as each is needed, let go after
         spectra_of = spectrum_of
@@ -166,7 +166,7 @@ def _products_backward(
         wants_source = f"inputs.{index}" in wanted
         part = weight[:, start : start + channels]
         start += channels
-        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0])
+        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups)
         grad_source, taps, inner_part = _source_gradients(
             ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed and mask is not None, tiles,
             wants_source, wants_weight, wants_affine,
@@ -176,10 +176,10 @@ def _products_backward(
         if wants_weight:
             taps_parts.append(taps)
         if wants_affine:  # <G, X K> = Re sum K^H (X^H G): no product needed again
-            inner += inner_part if taps is None else (taps * part).sum((1, 2, 3))
+            inner += inner_part if taps is None else _rowwise_dot(taps, part)
     if wants_weight:
         grad_weight = taps_parts[0] if len(taps_parts) == 1 else torch.cat(taps_parts, dim=1)
-        found["weight"] = grad_weight if scale is None else grad_weight * scale.view(-1, 1, 1, 1)
+        found["weight"] = grad_weight if scale is None else grad_weight.mul_(scale.view(-1, 1, 1, 1))
     if wants_bias:  # the bias's gradient before the scale
         dc_grid = dc_real(grad_out, batch, out_channels).sum(0) * transforms.bias_scale(geom.grid)
         inner += 0 if bias is None else bias * dc_grid
@@ -189,55 +189,76 @@ def _products_backward(
     return found
 
 
+def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a[o] * b[o])`` for each output channel ``o`` of two weight-shaped tensors, with
+    no weight-sized product made."""
+    rows = a.shape[0]
+    return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, 1, -1).mT).view(rows)  # BLAS reads b's rows
+
+
 def _source_gradients(
     ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed, tiles, wants_source, wants_weight,
     wants_affine,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
     """One source's gradient on the block's grid, its kernel's taps gradient and, without
-    those, the affine's ``<G, X K>`` per channel, over frequency ``tiles``
+    those, the affine's ``<G, X K>`` per channel, over kernel ``tiles``
     (:mod:`spectriton.ops.tiles`): with one tile the backend's products read the operands
     as they are (with ``packed``, the compressed source's gradient packed on its mask by the
-    product), with several they read dense tiles and the source's gradient is dense."""
+    product), with several they read dense tiles, the source's gradient is dense and summed
+    over a frequency run's channel runs, and each tile writes its rows of the taps."""
     whole = len(tiles) == 1
     if not whole:
         grad_out = ops.unpack(grad_out) if isinstance(grad_out, CompressedSpectrum) else grad_out
-    source_tiles = None  # a compressed source's tiles, unpacked one at a time
+    source_tiles = None  # a compressed source's frequency runs, unpacked one at a time
     if not whole and isinstance(spectrum_in, CompressedSpectrum) and (wants_weight or wants_affine):
-        source_tiles = ops.unpack_tiles(spectrum_in, tiles)
-    grad_in = taps = inner = None
+        source_tiles = ops.unpack_tiles(spectrum_in, [tile.bins for tile in tiles if tile.outs.start == 0])
+    out_channels, channels = part.shape[:2]
+    grad_in = taps = inner = source_tile = None
+    if not whole and wants_weight:
+        taps = part.new_empty(out_channels * channels, part[0, 0].numel())
+    if wants_affine and not wants_weight:
+        inner = part.new_zeros(out_channels)
     needs_kernel = wants_source or (wants_affine and not wants_weight)  # else the affine reads the taps
     kernels = transforms.kernel_spectra(part, geom.grid, shift, True, tiles) if needs_kernel else None
     for tile in tiles:
-        grad_tile = grad_out if whole else grad_out[tile]
+        new_bins = tile.outs.start == 0  # the first tile of a run of frequencies
+        grad_tile = grad_out if whole else grad_out[tile.bins, :, tile.outs]
         kernel = next(kernels) if needs_kernel else None
         if wants_source:
             # BatchNorm's scale: on a whole layer's kernel (its gradient may be compressed),
             # else on the tile's dense gradient, which is smaller than the tile's kernel
             scaled = kernel if scale is None or not whole else kernel * scale.view(1, -1, 1)
-            grad_scaled = grad_tile if scale is None or whole else grad_tile * scale.view(1, 1, -1)
+            grad_scaled = grad_tile if scale is None or whole else grad_tile * scale[tile.outs].view(1, 1, -1)
             like = spectrum_in if whole and packed else None
             grad = ops.grouped_product_input_grad(grad_scaled, scaled, like, cfg.groups)
             if whole:
                 grad_in = grad
             else:
                 grad_in = grad.new_empty(geom.bins, *grad.shape[1:]) if grad_in is None else grad_in
-                grad_in[tile] = grad
+                if new_bins:
+                    grad_in[tile.bins] = grad
+                else:
+                    grad_in[tile.bins] += grad
             del scaled, grad_scaled, grad
         if wants_weight or wants_affine:
             if whole:
                 source_tile = ops.operand(spectrum_in)
-            else:
-                source_tile = spectrum_in[tile] if source_tiles is None else next(source_tiles)
+            elif new_bins:
+                source_tile = None  # the last run's, before this one's is made
+                source_tile = spectrum_in[tile.bins] if source_tiles is None else next(source_tiles)
             grad_kernel = ops.grouped_product_weight_grad(source_tile, grad_tile, cfg.groups)
             if wants_weight:
-                taps = transforms.kernel_taps(grad_kernel, geom.grid, cfg.kernel, shift, tile, out=taps)
-            elif wants_affine:
-                tile_inner = torch.einsum("foc,fco->o", kernel, grad_kernel).real
-                inner = tile_inner if inner is None else inner.add_(tile_inner)
-            del grad_kernel, source_tile
+                rows = None if whole else taps[tile.outs.start * channels : tile.outs.stop * channels]
+                tile_taps = transforms.kernel_taps(
+                    grad_kernel, geom.grid, cfg.kernel, shift, tile.bins, out=rows, add=tile.bins.start > 0
+                )
+                taps = tile_taps if whole else taps
+            else:
+                inner[tile.outs] += torch.einsum("foc,fco->o", kernel, grad_kernel).real
+            del grad_kernel
         del kernel  # this tile's transients, before the next tile's are made
     if wants_weight:
-        taps = transforms.taps_as_weight(taps, part.shape[0], cfg.kernel)
+        taps = transforms.taps_as_weight(taps, out_channels, cfg.kernel)
     return grad_in, taps, inner
 
 
