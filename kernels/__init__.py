@@ -12,6 +12,7 @@ from spectriton.kernels.grouped import (
 from spectriton.kernels.packing import pack, unpack, unpack_tiles
 from spectriton.kernels.spectral_product import (
     operand,
+    pointwise_weight_grad,
     product,
     product_input_grad,
     product_threshold,
@@ -26,6 +27,7 @@ __all__ = [
     "grouped_product_weight_grad",
     "pack",
     "operand",
+    "pointwise_weight_grad",
     "product",
     "product_threshold",
     "product_input_grad",

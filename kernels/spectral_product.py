@@ -197,6 +197,8 @@ def _arguments(spectrum: CompressedSpectrum | torch.Tensor):
 def _launch_product(inputs, kernel, bias, out, out_mask, out_prefix, epilogue, **threshold):
     """Run the product kernel: ``X K`` for every frequency."""
     bins, batch = _dims(inputs)
+    if kernel.dim() == 2:  # a 1 x 1 kernel's one matrix: the same at every frequency (stride 0)
+        kernel = kernel.expand(bins, *kernel.shape)
     reduced, width = kernel.shape[1], kernel.shape[2]
     pairs = torch.view_as_real(kernel.resolve_conj())
     x, x_mask, x_prefix, packed = _arguments(inputs)
@@ -227,7 +229,7 @@ def _dims(spectrum: CompressedSpectrum | torch.Tensor) -> tuple[int, int]:
 def product(inputs, kernel: torch.Tensor, bias_dc: torch.Tensor | None) -> torch.Tensor:
     """Triton twin of :func:`spectriton.reference.product`."""
     bins, batch = _dims(inputs)
-    out = torch.empty(bins, batch, kernel.shape[2], dtype=kernel.dtype, device=kernel.device)
+    out = torch.empty(bins, batch, kernel.shape[-1], dtype=kernel.dtype, device=kernel.device)
     if out.numel():
         bias = None if bias_dc is None else bias_dc.to(out.real.dtype).contiguous()
         real = torch.view_as_real(out)
@@ -243,7 +245,7 @@ def product_threshold(
     threshold, split tanh and keep bits fused into its epilogue, then one pack."""
 
     bins, batch = _dims(inputs)
-    out_channels = kernel.shape[2]
+    out_channels = kernel.shape[-1]
     numel = bins * batch * out_channels
     staged = torch.empty(numel, 2, dtype=kernel.real.dtype, device=kernel.device)
     mask = torch.zeros(mask_words(numel), dtype=torch.int32, device=kernel.device)
@@ -261,7 +263,7 @@ def product_threshold(
 def product_input_grad(grad, kernel_h: torch.Tensor, like: CompressedSpectrum | None):
     """Triton twin of :func:`spectriton.reference.product_input_grad`."""
     bins, batch = _dims(grad)
-    channels = kernel_h.shape[2]
+    channels = kernel_h.shape[-1]
     if like is None:
         result = torch.empty(bins, batch, channels, dtype=kernel_h.dtype, device=kernel_h.device)
         out = out_mask = out_prefix = torch.view_as_real(result)
@@ -298,3 +300,10 @@ def product_weight_grad(inputs, grad) -> torch.Tensor:
         X_PACKED=x_packed, G_PACKED=g_packed, PRECISION=precision(out.real.dtype),
     )  # fmt: skip
     return out
+
+
+@ranged("pointwise_weight_grad")
+def pointwise_weight_grad(inputs, grad) -> torch.Tensor:
+    """Triton twin of :func:`spectriton.reference.pointwise_weight_grad`: the per-frequency
+    kernel gradient, summed over frequencies."""
+    return product_weight_grad(inputs, grad).sum(0)

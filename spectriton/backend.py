@@ -34,7 +34,8 @@ def ops(device: torch.device) -> ModuleType:
 
     Both modules expose the same functions: ``threshold_compact``, ``activation_backward``,
     ``product``, ``product_threshold``, ``product_input_grad``, ``product_weight_grad``,
-    ``operand``, ``pack``, ``unpack``, ``unpack_tiles``, and ``grouped_product``,
+    ``pointwise_weight_grad`` (a 1 x 1 kernel's, summed over frequencies), ``operand``,
+    ``pack``, ``unpack``, ``unpack_tiles``, and ``grouped_product``,
     ``grouped_product_input_grad``, ``grouped_product_weight_grad`` (a grouped layer's, per
     group: :mod:`spectriton.grouped`).
     """

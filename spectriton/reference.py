@@ -149,6 +149,16 @@ def product_weight_grad(
     return torch.matmul(operand(grad).mT, operand(inputs).conj()).mT
 
 
+def pointwise_weight_grad(
+    inputs: CompressedSpectrum | torch.Tensor, grad: CompressedSpectrum | torch.Tensor
+) -> torch.Tensor:
+    """``sum_f X[f]^H gY[f]``: the gradient of a 1 x 1 kernel's one product matrix ``(C, O)``
+    (:func:`spectriton.transforms.pointwise_kernel`), laid out as the weight is; one GEMM
+    over frequencies and batch together."""
+    x, g = operand(inputs), operand(grad)
+    return (g.reshape(-1, g.shape[-1]).mT @ x.reshape(-1, x.shape[-1]).conj()).mT
+
+
 def grouped_product(
     inputs: CompressedSpectrum | torch.Tensor, kernel: torch.Tensor, bias_dc: torch.Tensor | None, groups: int
 ) -> torch.Tensor:

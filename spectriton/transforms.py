@@ -107,6 +107,21 @@ def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, channels: int, adjoin
     return spectra if adjoint else spectra.mT
 
 
+def is_pointwise(kernel: Sequence[int], shift: Sequence[int]) -> bool:
+    """Whether a kernel is 1 x 1 and unshifted: its spectrum is then the same matrix at every
+    frequency (every phase is 1), :func:`pointwise_kernel`."""
+    return tuple(kernel) == (1, 1) and tuple(shift) == (0, 0)
+
+
+def pointwise_kernel(weight: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+    """:func:`kernel_spectrum` of an unshifted 1 x 1 kernel (:func:`is_pointwise`) as the one
+    matrix it is at every frequency: ``K (C, O)``, a transposed view of the weight as complex
+    ``(O, C)``, or ``K^H (O, C)`` itself with ``adjoint``. A product with it is one GEMM over
+    frequencies and batch together."""
+    matrix = weight.reshape(weight.shape[0], -1).to(complex_dtype(weight.dtype))
+    return matrix if adjoint else matrix.mT
+
+
 def kernel_spectrum_adjoint(
     g: torch.Tensor, grid: tuple[int, int], kernel: tuple[int, int], shift: tuple[int, int] = (0, 0)
 ) -> torch.Tensor:

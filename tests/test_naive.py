@@ -12,8 +12,9 @@ from spectriton import naive
 pytest.importorskip("spectriton.kernels")
 
 # (kernel, padding, stride, input size): odd sizes, a padding wider than k - 1, a stride
-CASES = [(3, 1, 1, (9, 7)), (3, 2, 1, (8, 8)), (3, 1, 2, (9, 9))]
-CASE_IDS = ["k3-p1-s1-9x7", "k3-p2-s1-8x8", "k3-p1-s2-9x9"]
+# 1 x 1 kernels: one product matrix at every frequency (transforms.pointwise_kernel)
+CASES = [(3, 1, 1, (9, 7)), (3, 2, 1, (8, 8)), (3, 1, 2, (9, 9)), (1, 0, 1, (9, 7)), (1, 0, 2, (9, 9))]
+CASE_IDS = ["k3-p1-s1-9x7", "k3-p2-s1-8x8", "k3-p1-s2-9x9", "k1-p0-s1-9x7", "k1-p0-s2-9x9"]
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,20 @@ def test_normalised_layer_with_affine_residual_and_density_matches_the_oracle(
     want = torch.autograd.grad(expected, list(wrt.values()), grad)
     for name, a, b in zip(wrt, got, want):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 1)], ids=["k1", "k3"])
+def test_plain_layer_at_a_fixed_beta_matches_the_oracle(kernel, padding, backend):
+    """The fused forward (one source, a fixed beta, no normalisation), output and every
+    gradient; beta 0 (no keep decision for round-off to move)."""
+    layer = st.SpectralConv2d(3, 4, kernel, padding=padding, activation="split_tanh", beta=0.0).double()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    expected = naive.spectral_layer(
+        x, layer.weight, layer.bias, padding=(padding,) * 2, beta=0.0, activation="split_tanh"
+    )
+    torch.testing.assert_close(y, expected, atol=1e-10, rtol=1e-10)
+    grad = torch.randn_like(y)
+    wrt = [x, layer.weight, layer.bias]
+    for a, b in zip(torch.autograd.grad(y, wrt, grad), torch.autograd.grad(expected, wrt, grad), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

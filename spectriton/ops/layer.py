@@ -107,13 +107,16 @@ def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offs
     """One source at a fixed beta: the product with the threshold in its epilogue."""
     spectrum_in = source_spectrum(inputs, mask, offsets, batch, cfg.channels[0], geom.grid, real)
     bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(geom.grid)
-    tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0], batch, weight[0, 0].numel())
-    if len(tiles) > 1:  # a large kernel spectrum: by tiles, then the threshold
-        product = tiled_product(
-            ops, weight.to(real), spectrum_in, geom.grid, cfg.shifts[0], bias_dc, 1, tiles
-        )
-        return ops.threshold_compact(product, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid)
-    kernel = transforms.kernel_spectrum(weight.to(real), geom.grid, cfg.shifts[0])
+    if transforms.is_pointwise(cfg.kernel, cfg.shifts[0]):
+        kernel = transforms.pointwise_kernel(weight.to(real))
+    else:
+        tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0], batch, weight[0, 0].numel())
+        if len(tiles) > 1:  # a large kernel spectrum: by tiles, then the threshold
+            product = tiled_product(
+                ops, weight.to(real), spectrum_in, geom.grid, cfg.shifts[0], bias_dc, 1, tiles
+            )
+            return ops.threshold_compact(product, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid)
+        kernel = transforms.kernel_spectrum(weight.to(real), geom.grid, cfg.shifts[0])
     return ops.product_threshold(
         spectrum_in, kernel, bias_dc, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid
     )

@@ -166,11 +166,26 @@ def _products_backward(
         wants_source = f"inputs.{index}" in wanted
         part = weight[:, start : start + channels]
         start += channels
-        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups)
-        grad_source, taps, inner_part = _source_gradients(
-            ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed and mask is not None, tiles,
-            wants_source, wants_weight, wants_affine,
-        )  # fmt: skip
+        packed_source = packed and mask is not None
+        if cfg.groups == 1 and transforms.is_pointwise(cfg.kernel, shift):
+            grad_source, taps, inner_part = _pointwise_gradients(
+                ops,
+                part,
+                scale,
+                grad_out,
+                spectrum_in,
+                packed_source,
+                wants_source,
+                wants_weight or wants_affine,
+            )
+        else:
+            tiles = kernel_tiles(
+                geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups
+            )
+            grad_source, taps, inner_part = _source_gradients(
+                ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed_source, tiles,
+                wants_source, wants_weight, wants_affine,
+            )  # fmt: skip
         if wants_source:
             found[f"inputs.{index}"] = grad_source
         if wants_weight:
@@ -194,6 +209,24 @@ def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
     no weight-sized product made."""
     rows = a.shape[0]
     return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, 1, -1).mT).view(rows)  # BLAS reads b's rows
+
+
+def _pointwise_gradients(
+    ops, part, scale, grad_out, spectrum_in, packed, wants_source, wants_taps
+) -> tuple[Tensor | None, Tensor | None, None]:
+    """:func:`_source_gradients` of an unshifted 1 x 1 kernel, whose spectrum is one matrix
+    (:func:`~spectriton.transforms.pointwise_kernel`): the source's gradient is one product
+    with ``K^H``, the taps' gradient ``Re sum_f X[f]^H gY[f]`` one GEMM over frequencies and
+    batch (every phase is 1); the affine reads the taps."""
+    grad_in = taps = None
+    if wants_source:
+        kernel_h = transforms.pointwise_kernel(part, adjoint=True)
+        scaled = kernel_h if scale is None else kernel_h * scale.view(-1, 1)
+        grad_in = ops.product_input_grad(grad_out, scaled, spectrum_in if packed else None)
+    if wants_taps:
+        summed = ops.pointwise_weight_grad(ops.operand(spectrum_in), grad_out)  # (C, O), laid out (O, C)
+        taps = summed.mT.real.contiguous().view(part.shape)
+    return grad_in, taps, None
 
 
 def _source_gradients(

@@ -78,7 +78,10 @@ def part_of(t: Tensor | None, run: slice) -> Tensor | None:
 def tiled_product(ops, weight: Tensor, spectrum_in, grid, shift, bias_dc, groups: int, tiles) -> Tensor:
     """The product spectrum ``(bins, N, O)`` of ``spectrum_in`` with ``weight``'s kernel
     spectrum on ``grid``, built over ``tiles`` (:func:`kernel_tiles`); ``bias_dc`` goes to
-    the DC bin. One tile: the backend's product on the operands as they are."""
+    the DC bin. One tile: the backend's product on the operands as they are; an unshifted
+    1 x 1 kernel: one product with its one matrix (:func:`~spectriton.transforms.pointwise_kernel`)."""
+    if groups == 1 and transforms.is_pointwise(weight.shape[2:], shift):
+        return ops.product(spectrum_in, transforms.pointwise_kernel(weight), bias_dc)
     kernels = transforms.kernel_spectra(weight, grid, shift, False, tiles)
     if len(tiles) == 1:
         return ops.grouped_product(spectrum_in, next(kernels), bias_dc, groups)
