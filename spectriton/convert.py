@@ -36,8 +36,9 @@ per-frequency channel product) convert like any other.
 undoes a conversion.
 
 This module holds those three entry points. The decisions are made in
-:mod:`spectriton.analysis` from the patterns of :mod:`spectriton.patterns` and the rules
-of each layer's own module (``stays_spatial`` in :mod:`spectriton.conv` and
+:mod:`spectriton.analysis` by the patterns of :data:`spectriton.registry.PATTERNS` (dense
+block, pool, chain, convolution; their fx matching in :mod:`spectriton.patterns`) and the
+rules of each layer's own module (``stays_spatial`` in :mod:`spectriton.conv` and
 :mod:`spectriton.pooling`), reported by :mod:`spectriton.report` (:class:`Plan`,
 :class:`PlanRow`, :data:`EXACT`, re-exported here) and applied by :mod:`spectriton.rewrite`.
 """
