@@ -1,7 +1,9 @@
-"""The CPU step peak of a torchvision ResNet-18 and its conversion, bare and checkpointed.
+"""The CPU step peak of a torchvision ResNet-18 and its conversion, or of a zoo network and
+its Spec form, bare and checkpointed.
 
     MALLOC_MMAP_THRESHOLD_=65536 python bench/peak_check.py [--size 128] [--batch 8] [--budget-gib 2]
     python bench/peak_check.py --table [--size 128] [--batch 8]
+    python bench/peak_check.py --table --model vgg16 --batch 64
 
 Prints, per form, ``peak_step_bytes`` (the profiler's allocation record) beside
 ``resident_step_bytes`` (growth of peak resident memory, large allocations through mmap);
@@ -10,7 +12,10 @@ with ``--table``, instead, each form's saved bytes per sample, step peak and ste
 batch and twice it and the largest batch whose step fits the budget by the linear fit
 ``compare`` uses on CPU. The forms: the original, the original checkpointed per stage and
 stem (``torch.utils.checkpoint`` around the stem and each of ``layer1`` to ``layer4``, the
-usual baseline), the conversion, and the conversion with its stages checkpointed.
+usual baseline), the conversion, and the conversion with its stages checkpointed; for a zoo
+network (``--model``, one input channel at the zoo's size, as ``spectriton memory``), its
+spatial form, that form checkpointed per block (:func:`~spectriton.checkpointing.checkpoint_blocks`),
+its Spec form at the defaults, and the Spec form checkpointed per block.
 """
 
 import argparse
@@ -21,14 +26,17 @@ import torch
 import torchvision
 
 import spectriton
-from spectriton.checkpointing import checkpoint_children
+from spectriton import models
+from spectriton.checkpointing import checkpoint_blocks, checkpoint_children
 from spectriton.memory import peak_step_bytes, resident_step_bytes, saved_bytes
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
 
 
-def forms() -> dict[str, torch.nn.Module]:
+def forms(model: str) -> dict[str, torch.nn.Module]:
     """The four forms, each freshly built from the same seed."""
+    if model != "resnet18":
+        return _zoo_forms(model)
 
     def resnet() -> torch.nn.Module:
         torch.manual_seed(0)
@@ -46,20 +54,36 @@ def forms() -> dict[str, torch.nn.Module]:
     }
 
 
+def _zoo_forms(name: str) -> dict[str, torch.nn.Module]:
+    def build(spectral: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return models.build(name, spectral=spectral, in_channels=1)
+
+    return {
+        "spatial": build(False),
+        "checkpoint": checkpoint_blocks(build(False)),
+        "spec": build(True),
+        "spec+ckpt": checkpoint_blocks(build(True)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", *models.MODELS])
+    parser.add_argument("--size", type=int, default=None, help="default: 128, or the zoo network's")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--budget-gib", type=float, default=None)
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    zoo = args.model != "resnet18"
+    size = args.size or (models.input_size(args.model) if zoo else 128)
+    x = torch.randn(args.batch, 1 if zoo else 3, size, size)
     target = torch.zeros(args.batch, dtype=torch.long)
     if args.table:
         print(f"{'form':<15} {'saved B/sample':>15} {'peak MiB':>9} {'step ms':>8}")
-    for name, model in forms().items():
+    for name, model in forms(args.model).items():
         if args.budget_gib is not None:
             print(f"{name:<15} {_largest_batch(model, x, target, args.budget_gib * 2**30)}")
         elif args.table:
