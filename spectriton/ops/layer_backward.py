@@ -100,8 +100,11 @@ def _layer_backward(
         source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
         return source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
 
-    if cfg.strided:  # computed, and unpacked, once for every run of output channels below
-        spectra = [ops.operand(spectrum_of(index)) for index in range(len(inputs))]
+    if cfg.strided:  # computed once for every run of output channels below
+        runs = output_runs(geom.bins, batch, out_channels, cfg.groups)
+        spectra = [spectrum_of(index) for index in range(len(inputs))]
+        if all(len(_run_tiles(cfg, geom, batch, weight, runs[0], c)) == 1 for c in cfg.channels):
+            spectra = [ops.operand(spectrum) for spectrum in spectra]  # each run reads it whole: unpack once
         spectra_of = spectra.__getitem__
     else:  # computed as each is needed, let go after
         spectra_of = spectrum_of
@@ -111,7 +114,7 @@ def _layer_backward(
     if cfg.strided:  # back from the output's grid to the block's, dense: a run of channels at a time
         grad_out = grad_out if isinstance(grad_out, Tensor) else ops.unpack(grad_out)
         found, per_run = {}, {}
-        for run in output_runs(geom.bins, batch, out_channels, cfg.groups):
+        for run in runs:
             grid_grad = transforms.crop_spectrum_adjoint(grad_out[..., run], geom)
             part = _products_backward(
                 ops, cfg, geom, batch, wanted, computed[run], part_of(computed_bias, run),
@@ -179,9 +182,7 @@ def _products_backward(
                 wants_weight or wants_affine,
             )
         else:
-            tiles = kernel_tiles(
-                geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups
-            )
+            tiles = _run_tiles(cfg, geom, batch, part, slice(None), part.shape[1])
             grad_source, taps, inner_part = _source_gradients(
                 ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed_source, tiles,
                 wants_source, wants_weight, wants_affine,
@@ -202,6 +203,12 @@ def _products_backward(
     if wants_affine:
         found["inner"] = inner
     return found
+
+
+def _run_tiles(cfg, geom, batch, weight, run: slice, channels: int) -> list:
+    """The kernel tiles of ``weight``'s output channels ``run`` for a source of ``channels``."""
+    out_channels = len(range(weight.shape[0])[run])
+    return kernel_tiles(geom.bins, channels, out_channels, batch, weight[0, 0].numel(), cfg.groups)
 
 
 def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
