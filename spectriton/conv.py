@@ -268,8 +268,8 @@ class SpectralConv2d(nn.Module):
             if self.density is not None:
                 with torch.no_grad():
                     self.threshold.copy_(running_update(self.threshold, flow.beta))
-            if norm is not None:
-                norm.update(flow.moments)
+            if norm is not None:  # after the backward: a checkpoint's recompute normalises alike
+                norm.update_after_backward(flow.moments, flow.values)
         if not torch.compiler.is_compiling():  # a host number: eager only
             self.last_density = flow.density
             if self.training and self.last_density < STARVED and not self._warned:

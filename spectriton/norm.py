@@ -121,6 +121,19 @@ class SpectralNorm(nn.Module):
             self._store(running_update(self.moments(True), batch))
             self.num_batches_tracked.add_(1)
 
+    def update_after_backward(self, batch: torch.Tensor, output: torch.Tensor) -> None:
+        """:meth:`update` once the backward of the layer op that made ``output`` has run, so
+        that a checkpoint's recompute, which runs before (it feeds that backward),
+        normalises as its forward did; at once where no backward will (``output`` not in a
+        graph, or compiling). The hook lives in that forward's graph: a graph dropped unused
+        moves nothing."""
+        node = output.grad_fn
+        if node is None or torch.compiler.is_compiling():
+            self.update(batch)
+            return
+        batch = batch.detach()  # not the graph's: the hook would hold its node in a cycle
+        node.register_hook(lambda grad_inputs, grad_outputs: self.update(batch))
+
     def _store(self, moments: torch.Tensor) -> None:
         self.running_mean.copy_(moments[0])
         self.running_var.copy_(moments[1] - moments[0].square())

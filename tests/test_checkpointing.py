@@ -35,3 +35,32 @@ def test_checkpointed_blocks_give_the_same_results_and_keep_only_block_inputs(na
     block_inputs = sum(t.untyped_storage().nbytes() for t in inputs[1:])  # the network input is x
     assert kept.total >= block_inputs  # what the checkpoints keep is counted
     assert kept.total < saved_bytes(model, x).total
+
+
+def test_a_converted_model_under_torch_checkpoint_trains_as_without_it():
+    """A normalised layer moves its running statistics once its backward comes, so that the
+    recompute of an outer ``torch.utils.checkpoint`` (which runs before) normalises with
+    the moments its forward used: outputs, every gradient and the statistics equal the
+    unwrapped model's over steps on new batches (before: the recompute read the moved
+    statistics, kept other entries, and the checkpoint raised or the gradients differed)."""
+    import copy
+
+    import spectriton
+    from spectriton.checkpointing import checkpoint_children
+
+    torch.manual_seed(0)
+    stage = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+    )  # fmt: skip
+    plain = spectriton.convert(torch.nn.Sequential(stage, torch.nn.Flatten(), torch.nn.Linear(8 * 36, 3)))
+    plain = plain.double()
+    wrapped = checkpoint_children(copy.deepcopy(plain), ["0"])
+    assert isinstance(wrapped[0], Checkpointed)
+    for step in range(4):
+        x = torch.randn(4, 3, 6, 6, dtype=torch.float64) * (1 + step)  # statistics that move
+        got, want = _outputs_and_grads(wrapped, x), _outputs_and_grads(plain, x)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        for a, b in zip(wrapped.buffers(), plain.buffers(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0, equal_nan=True)

@@ -122,3 +122,23 @@ def test_a_forward_without_grad_saves_nothing(mode):
     with tracker.hooks():  # the same forward with grad does save (the hooks work)
         model(_batch()[0])
     assert tracker.packs > 0
+
+
+def test_a_normalised_layers_dropped_graph_is_freed_without_the_garbage_collector():
+    """A normalised layer's statistics wait for its backward in a hook on its op's node;
+    dropped unused, that graph goes by reference counting alone: no cycle through the hook
+    for the collector to find later (meanwhile its saved tensors would raise the next
+    step's peak)."""
+    layer = st.SpectralConv2d(3, 4, 3, padding=1, activation="split_tanh", normalize=True)
+    x = torch.randn(2, 3, 8, 8)
+    layer(x).sum().backward()  # calibrated
+    tracker = _Tracker(skip=[x, *layer.parameters(), *layer.buffers()])
+    gc.disable()
+    try:
+        with tracker.hooks():
+            y = layer(x)
+        assert tracker.refs and all(not ref.expired() for ref in tracker.refs)
+        del y
+        assert sum(not ref.expired() for ref in tracker.refs) == 0
+    finally:
+        gc.enable()

@@ -42,11 +42,17 @@ def test_running_moments_calibrate_on_the_first_batch_then_follow_with_momentum(
     initial = torch.tensor([[0.0], [1.0]]).expand(2, 5)  # BatchNorm's: uncalibrated
     assert torch.equal(layer.running_moments, initial) and layer.norm.num_batches_tracked == 0
     x = torch.randn(4, 3, 8, 8)
-    layer(x)
+    layer(x).sum().backward()
     first = layer.running_moments.clone()
     assert torch.isfinite(first).all()
-    layer(2 * x)  # twice the mean, four times the mean square
+    y = layer(2 * x)  # twice the mean, four times the mean square
+    assert torch.equal(layer.running_moments, first)  # moved once the backward comes
+    y.sum().backward()
     expected = first * torch.tensor([[0.9 + 0.1 * 2], [0.9 + 0.1 * 4]])
+    torch.testing.assert_close(layer.running_moments, expected, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # no backward will come: at once, as BatchNorm
+        layer(x)
+    expected = expected * 0.9 + first * 0.1
     torch.testing.assert_close(layer.running_moments, expected, rtol=1e-4, atol=1e-6)
     layer.eval()
     before = layer.running_moments.clone()
@@ -226,7 +232,7 @@ def test_the_layer_starts_from_its_batchnorms_running_statistics():
     with torch.no_grad():
         together, alone = layer(x), torch.cat([layer(x[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)  # float32 round-off
-    layer.train()(x)  # calibrated already: a training step moves them by the momentum
+    layer.train()(x).sum().backward()  # calibrated already: a training step moves them by the momentum
     assert layer.norm.num_batches_tracked == 101 and not torch.equal(layer.running_moments, expected)
 
 
