@@ -127,8 +127,8 @@ class SpectralNorm(nn.Module):
         normalises as its forward did; at once where no backward will (``output`` not in a
         graph, or compiling). The hook lives in that forward's graph: a graph dropped unused
         moves nothing."""
-        node = output.grad_fn
-        if node is None or torch.compiler.is_compiling():
+        node = None if torch.compiler.is_compiling() else output.grad_fn  # compiled: no graph to read
+        if node is None:
             self.update(batch)
             return
         batch = batch.detach()  # not the graph's: the hook would hold its node in a cycle
