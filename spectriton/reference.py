@@ -85,8 +85,8 @@ def activation_backward(values: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
     result is in ``grad``'s precision (at least float32).
     """
     dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    z = values.to(dtype)
-    return (1 - z * z) * grad.to(dtype)
+    out = values.to(dtype, copy=True)  # one buffer the size of the values, worked in place
+    return out.square_().neg_().add_(1).mul_(grad)
 
 
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:

@@ -262,7 +262,7 @@ def test_tracing_leaves_buffers_as_they_were_so_a_fresh_batchnorm_calibrates():
     norm = model[0].norm
     assert int(norm.num_batches_tracked) == 0
     x = torch.randn(4, 3, 8, 8) * 10
-    model(x)
+    model(x).sum().backward()  # a training step counts its batch once its backward ran
     expected = nn.functional.conv2d(x, model[0].weight, model[0].bias, padding=1).var((0, 2, 3))
     assert int(norm.num_batches_tracked) == 1
     assert torch.all(norm.running_var > 0.5 * expected)  # the batch's, not BatchNorm's initial 1

@@ -102,3 +102,20 @@ def test_gradcheck_through_tiles(monkeypatch):
         return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
 
     assert gradcheck(f, (x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["plain", "strided"])
+def test_an_output_gradient_packed_a_channel_run_at_a_time_is_the_whole_one(stride, monkeypatch):
+    """The block output's backward packs its gradient's spectrum a run of channels at a time
+    (spectriton.ops.output) where the channels take several runs: the same packed values,
+    so the same gradients, as packing the whole spectrum at once."""
+    from spectriton import dft
+
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 8, 3, padding=1, stride=stride, activation="split_tanh", dtype=torch.float64)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    whole = _step(layer, x)
+    monkeypatch.setattr(dft, "CHUNK_BYTES", 1)  # a channel a run
+    assert len(dft.channel_chunks(2, 8, (11, 9))) == 8
+    for a, b in zip(whole, _step(layer, x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

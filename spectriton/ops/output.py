@@ -8,10 +8,10 @@ that a later block can rebuild its input from them, :mod:`spectriton.ops.rebuild
 import torch
 from torch import Tensor
 
-from spectriton import backend, transforms
-from spectriton.compressed import CompressedSpectrum
+from spectriton import backend, dft, transforms
+from spectriton.compressed import CompressedSpectrum, unpack_bits
 from spectriton.geometry import BlockGeometry
-from spectriton.numerics import compute_dtype
+from spectriton.numerics import complex_dtype, compute_dtype, spectrum_bins
 from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 
@@ -88,9 +88,32 @@ def output_backward(
     real: torch.dtype,
 ) -> Tensor:
     """Gradient of :func:`output` with respect to the packed values ``(nnz, 2)``."""
+    geom = BlockGeometry.from_args(geometry)
     with annotate("output.backward"):
-        grad_spectrum = transforms.to_space_adjoint(grad_y.to(real), BlockGeometry.from_args(geometry))
-        return backend.ops(mask.device).pack(grad_spectrum, mask, nnz)
+        grad_y = grad_y.to(real)
+        if grad_y.device.type == "cpu" and len(dft.channel_chunks(batch, channels, geom.grid)) > 1:
+            return _packed_by_channels(grad_y, geom, mask, nnz)
+        return backend.ops(mask.device).pack(transforms.to_space_adjoint(grad_y, geom), mask, nnz)
+
+
+def _packed_by_channels(grad_y: Tensor, geom: BlockGeometry, mask: Tensor, nnz: int) -> Tensor:
+    """:func:`~spectriton.transforms.to_space_adjoint` of ``grad_y`` packed at ``mask``, a
+    run of channels at a time (:func:`~spectriton.dft.channel_chunks`), so that the whole
+    dense spectrum is never made beside the packed values (CPU: the stream positions are
+    found by index). A kept entry's position is the count kept before its (frequency,
+    sample) row, plus before its run in the row, plus its rank in the run."""
+    batch, channels = grad_y.shape[:2]
+    bins = spectrum_bins(geom.grid)
+    keep = unpack_bits(mask, bins * batch * channels).view(bins, batch, channels)
+    counts = keep.view(torch.uint8).sum(-1, dtype=torch.int64)
+    starts = (counts.view(-1).cumsum(0) - counts.view(-1)).view(bins, batch, 1)  # before each row
+    values = grad_y.new_empty(nnz, dtype=complex_dtype(grad_y.dtype))
+    for run in dft.channel_chunks(batch, channels, geom.grid):
+        part = keep[..., run]
+        spectrum = transforms.to_space_adjoint(grad_y[:, run], geom).view(part.shape)
+        values[(part.cumsum(-1) - 1 + starts)[part]] = spectrum[part]
+        starts += part.view(torch.uint8).sum(-1, keepdim=True, dtype=torch.int64)
+    return torch.view_as_real(values)
 
 
 @output_backward.register_fake
