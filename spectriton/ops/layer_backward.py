@@ -171,15 +171,9 @@ def _products_backward(
         start += channels
         packed_source = packed and mask is not None
         if cfg.groups == 1 and transforms.is_pointwise(cfg.kernel, shift):
+            wants_taps = wants_weight or wants_affine
             grad_source, taps, inner_part = _pointwise_gradients(
-                ops,
-                part,
-                scale,
-                grad_out,
-                spectrum_in,
-                packed_source,
-                wants_source,
-                wants_weight or wants_affine,
+                ops, part, scale, grad_out, spectrum_in, packed_source, wants_source, wants_taps
             )
         else:
             tiles = _run_tiles(cfg, geom, batch, part, slice(None), part.shape[1])
