@@ -32,7 +32,7 @@ from spectriton.ops.layer_backward import gradient_names, layer_backward
 from spectriton.ops.rebuild import rebuild_input
 from spectriton.ops.sources import source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named, to_named
-from spectriton.ops.tiles import kernel_tiles, output_runs, part_of, tiled_product
+from spectriton.ops.tiles import output_runs, part_of, tiled_product, weight_tiles
 from spectriton.provenance import RecipeArgs
 
 
@@ -110,7 +110,7 @@ def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offs
     if transforms.is_pointwise(cfg.kernel, cfg.shifts[0]):
         kernel = transforms.pointwise_kernel(weight.to(real))
     else:
-        tiles = kernel_tiles(geom.bins, weight.shape[1], weight.shape[0], batch, weight[0, 0].numel())
+        tiles = weight_tiles(geom.bins, weight, batch)
         if len(tiles) > 1:  # a large kernel spectrum: by tiles, then the threshold
             product = tiled_product(
                 ops, weight.to(real), spectrum_in, geom.grid, cfg.shifts[0], bias_dc, 1, tiles
@@ -171,7 +171,7 @@ def _dense_product(ops, weight, bias, cfg, geom, batch, real, spectra) -> Tensor
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(geom.grid)
-        tiles = kernel_tiles(geom.bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), cfg.groups)
+        tiles = weight_tiles(geom.bins, part, batch, cfg.groups)
         part = tiled_product(ops, part, spectrum_in, geom.grid, shift, bias_dc, cfg.groups, tiles)
         product = part if product is None else product.add_(part)
         start += channels

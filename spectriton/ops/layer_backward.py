@@ -7,6 +7,7 @@ source's stays packed on its mask. A normalised layer's gradient is scaled per c
 the moments it used, its affine's gradient comes from the same products.
 """
 
+from itertools import accumulate
 from typing import Optional
 
 import torch
@@ -21,7 +22,7 @@ from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 from spectriton.ops.sources import dc_real, source_spectrum
 from spectriton.ops.spec import LayerSpec, from_named
-from spectriton.ops.tiles import kernel_tiles, output_runs, part_of
+from spectriton.ops.tiles import output_runs, part_of, weight_tiles
 
 
 def gradient_names(sources: int) -> tuple[str, ...]:
@@ -103,7 +104,9 @@ def _layer_backward(
     if cfg.strided:  # computed once for every run of output channels below
         runs = output_runs(geom.bins, batch, out_channels, cfg.groups)
         spectra = [spectrum_of(index) for index in range(len(inputs))]
-        if all(len(_run_tiles(cfg, geom, batch, weight, runs[0], c)) == 1 for c in cfg.channels):
+        first, starts = weight[runs[0]], accumulate(cfg.channels, initial=0)
+        parts = [first[:, s : s + c] for s, c in zip(starts, cfg.channels)]  # as _products_backward's
+        if all(len(weight_tiles(geom.bins, part, batch, cfg.groups)) == 1 for part in parts):
             spectra = [ops.operand(spectrum) for spectrum in spectra]  # each run reads it whole: unpack once
         spectra_of = spectra.__getitem__
     else:  # computed as each is needed, let go after
@@ -176,7 +179,7 @@ def _products_backward(
                 ops, part, scale, grad_out, spectrum_in, packed_source, wants_source, wants_taps
             )
         else:
-            tiles = _run_tiles(cfg, geom, batch, part, slice(None), part.shape[1])
+            tiles = weight_tiles(geom.bins, part, batch, cfg.groups)
             grad_source, taps, inner_part = _source_gradients(
                 ops, cfg, geom, part, shift, scale, grad_out, spectrum_in, packed_source, tiles,
                 wants_source, wants_weight, wants_affine,
@@ -197,12 +200,6 @@ def _products_backward(
     if wants_affine:
         found["inner"] = inner
     return found
-
-
-def _run_tiles(cfg, geom, batch, weight, run: slice, channels: int) -> list:
-    """The kernel tiles of ``weight``'s output channels ``run`` for a source of ``channels``."""
-    out_channels = len(range(weight.shape[0])[run])
-    return kernel_tiles(geom.bins, channels, out_channels, batch, weight[0, 0].numel(), cfg.groups)
 
 
 def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:

@@ -56,6 +56,12 @@ def kernel_tiles(
     return [Tile(b, o) for b in runs(bins, step_bins) for o in runs(out_channels, step_outs)]
 
 
+def weight_tiles(bins: int, part: Tensor, batch: int, groups: int = 1) -> list[Tile]:
+    """:func:`kernel_tiles` of a weight's part ``(O, C / groups, kh, kw)`` (a layer's, or its
+    channels for one source or one run of outputs) on ``bins`` frequencies."""
+    return kernel_tiles(bins, part.shape[1], part.shape[0], batch, part[0, 0].numel(), groups)
+
+
 def _tile_bins(bins: int, channels: int, batch: int, taps: int) -> int:
     """The frequencies a tile of a layer with channel runs takes (:func:`kernel_tiles`)."""
     best = math.sqrt(3 * taps * TILE_ENTRIES / (4 * max(batch, 1) * channels))
