@@ -111,7 +111,8 @@ def _packed_by_channels(grad_y: Tensor, geom: BlockGeometry, mask: Tensor, nnz: 
     for run in dft.channel_chunks(batch, channels, geom.grid):
         part = keep[..., run]
         spectrum = transforms.to_space_adjoint(grad_y[:, run], geom).view(part.shape)
-        values[(part.cumsum(-1) - 1 + starts)[part]] = spectrum[part]
+        ranks = part.cumsum(-1).add_(starts - 1).masked_select(part)  # masked_select: 2x a bool index
+        values[ranks] = spectrum.masked_select(part)
         starts += part.view(torch.uint8).sum(-1, keepdim=True, dtype=torch.int64)
     return torch.view_as_real(values)
 
