@@ -28,13 +28,14 @@ def keep_bits(re, im, scale, beta2, p, inside):
     ``p`` (int64): (kept?, each entry's keep bit in place in its mask word, as uint32).
 
     ``(scale, beta2)`` come from :func:`spectriton.numerics.scaled_threshold`; kept iff
-    ``(scale re)^2 + (scale im)^2 > beta2``, or when ``beta2`` is 0 iff not zero (no square
-    to underflow); NaN is kept. ``inside`` masks positions out of range (not kept).
+    ``(scale re)^2 + (scale im)^2 > beta2``, or always when ``beta2`` is 0 (no square to
+    underflow, and the threshold is the identity); NaN is kept. ``inside`` masks positions
+    out of range (not kept).
     """
     re_s = re * scale
     im_s = im * scale
     above = ((re_s * re_s + im_s * im_s) <= beta2) == 0
-    keep = tl.where(beta2 == 0, (re != 0) | (im != 0), above) & inside
+    keep = tl.where(beta2 == 0, inside, above & inside)
     return keep, keep.to(tl.uint32) << (p & 31).to(tl.uint32)
 
 

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from spectriton import _checks, provenance
+from spectriton.exact_zeros import bias_where_dead
 from spectriton.functional import SpectralFlow, empty_output, spectral_output
 from spectriton.geometry import block_geometry
 from spectriton.ops.rebuild import rebuild_input
 from spectriton.recompute import recomputed
+from spectriton.tracing import traced_function
 
 if TYPE_CHECKING:
     from spectriton.conv import SpectralConv2d
@@ -42,7 +44,11 @@ def run_layers(
     What the block keeps for backward is its first layer's ``keep`` (see
     :class:`~spectriton.SpectralConv2d`); ``"auto"`` keeps its input where its spectra
     would outweigh it (:func:`_outweighs_input`). Compiled, a block keeps its spectra.
+    Under fx tracing it is one node of the graph (:mod:`spectriton.tracing`).
     """
+    node = traced_function(run_layers, layers, x, hooks=hooks, residual=residual)
+    if node is not None:
+        return node
     _checks.spatial_input(x, layers[0].in_channels)
     keeps_input = _keeps_input(layers, x, residual)
     if not torch.compiler.is_compiling():
@@ -114,7 +120,12 @@ def _run_block(
             flow = layer.step([flow], extra, replay=replays[index])
         else:
             flow = layer(flow, extra) if hooks else layer.step([flow], extra)
-    return spectral_output(flow)
+    y = spectral_output(flow)
+    if len(layers) == 1 and residual is None and layers[0].linear:  # nn.Conv2d exactly
+        layer = layers[0]
+        shape = (layer.kernel_size, layer.padding, layer.stride, layer.dilation, layer.groups)
+        y = bias_where_dead(y, x, layer.bias, *shape)
+    return y
 
 
 def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -202,6 +213,9 @@ def run_dense_layers(stages: list[list[SpectralConv2d]], x: torch.Tensor) -> tor
     (a bottleneck's) read the layer before. Returns ``x`` and every stage's output
     concatenated. Each source stays compressed once; no concatenated copy is made before
     the output."""
+    node = traced_function(run_dense_layers, stages, x)
+    if node is not None:  # fx tracing: one node
+        return node
     _checks.spatial_input(x, stages[0][0].in_channels)
     layers = [layer for stage in stages for layer in stage]
     flows = [SpectralFlow.start(x, [layer.shape for layer in layers])]

@@ -28,7 +28,9 @@ class SpectralConv2d(nn.Module):
     round-off). ``activation="split_tanh"`` zeroes spectral entries of magnitude at most
     ``beta`` and applies tanh to the real and imaginary parts; what it saves for backward
     is then the compressed spectrum. ``value_dtype`` (``torch.bfloat16`` or
-    ``torch.float16``) halves the bytes of the kept values.
+    ``torch.float16``) halves the bytes of the kept values; in eval mode, which keeps
+    nothing, values stay in full precision (a sample's output then does not depend on the
+    batch it is evaluated in).
 
     ``density=d`` replaces the fixed ``beta`` by a budget: in training each step keeps
     about a fraction ``d`` of the product's entries (a quantile of their magnitudes), and a
@@ -206,6 +208,11 @@ class SpectralConv2d(nn.Module):
                 self.threshold.fill_(float("nan"))
 
     @property
+    def linear(self) -> bool:
+        """Whether this layer is ``nn.Conv2d`` exactly: no threshold, activation or normalisation."""
+        return self.beta == 0 and self.activation is None and self.density is None and self.norm is None
+
+    @property
     def affine(self) -> bool:
         """Whether the normalised channels are scaled and shifted by ``norm``'s weight and bias."""
         return self.norm is not None and self.norm.affine
@@ -263,7 +270,12 @@ class SpectralConv2d(nn.Module):
                 self._calibrate(flows)
             moments, affine = norm(training)
         running = self.threshold if self.density is not None and not training else None
-        flow = self._layer(flows, running=running, moments=moments, residual=residual, affine=affine)
+        # eval keeps nothing for backward: full-precision values, so that a sample's output
+        # does not hang on batch-dependent round-off flipping a bfloat16 rounding
+        value_dtype = self.value_dtype if training else None
+        flow = self._layer(
+            flows, value_dtype, running=running, moments=moments, residual=residual, affine=affine
+        )
         if training and replay is None:
             if self.density is not None:
                 with torch.no_grad():
@@ -282,10 +294,10 @@ class SpectralConv2d(nn.Module):
                 )
         return flow
 
-    def _layer(self, flows: list[SpectralFlow], **options) -> SpectralFlow:
+    def _layer(self, flows: list[SpectralFlow], value_dtype: torch.dtype | None, **options) -> SpectralFlow:
         """:func:`spectral_layer` with this layer's parameters and settings."""
         return spectral_layer(
-            flows, self.weight, self.bias, self.padding, self.beta, self.activation, self.value_dtype,
+            flows, self.weight, self.bias, self.padding, self.beta, self.activation, value_dtype,
             self.density, groups=self.groups, dilation=self.dilation, stride=self.stride, **options,
         )  # fmt: skip
 
@@ -294,7 +306,7 @@ class SpectralConv2d(nn.Module):
         without autograd (eager only: compiled, the op uses the batch's moments where they
         are uncalibrated, and the update sets them)."""
         with torch.no_grad():
-            flow = self._layer(flows, moments=self.norm.moments(True))
+            flow = self._layer(flows, self.value_dtype, moments=self.norm.moments(True))
         self.norm.calibrate(flow.moments)
 
     def extra_repr(self) -> str:

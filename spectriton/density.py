@@ -22,3 +22,16 @@ def density_threshold(spectrum: Tensor, density: float, sample: int = 1 << 16) -
     magnitude = flat.to(torch.complex128).abs()
     magnitude = torch.where(torch.isfinite(magnitude), magnitude, float("nan"))
     return torch.nanquantile(magnitude, 1 - density, interpolation="lower")
+
+
+def drop_by_sample_(spectrum: Tensor, density: float) -> float:
+    """Zero, in place, each sample's entries of ``spectrum`` (``(bins, N, C)``) at or below
+    that sample's own quantile: a density budget with no running threshold yet (eval
+    before any training step), so that a sample's output does not depend on its batch.
+    Returns the threshold that then keeps exactly what is left: the dtype's smallest normal
+    magnitude (the entries dropped are zeros, or below their sample's quantile anyway)."""
+    for n in range(spectrum.shape[1]):
+        part = spectrum[:, n]
+        beta = density_threshold(part, density)
+        part.masked_fill_(part.abs() <= beta, 0)
+    return torch.finfo(spectrum.real.dtype).tiny

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from spectriton import _checks, provenance, transforms
+from spectriton.exact_zeros import bias_where_dead
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 from spectriton.nonfinite import mark_nonfinite, nonfinite_samples
 from spectriton.numerics import compute_dtype
@@ -222,7 +223,10 @@ def spectral_block(
         flow = spectral_layer(
             flow, weight, bias, shape.padding, beta, activation, value_dtype, stride=shape.stride
         )
-    return spectral_output(flow)
+    y = spectral_output(flow)
+    if len(layers) == 1 and beta == 0 and activation is None:  # F.conv2d exactly
+        y = bias_where_dead(y, x, bias, shape.kernel, shape.padding, shape.stride, (1, 1), 1)
+    return y
 
 
 def _block_layers(weights, biases, shapes, betas, activations) -> list[tuple]:

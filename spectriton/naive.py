@@ -15,7 +15,8 @@ hand-written adjoints): only DESIGN.md section 2's conventions, written out here
   constants of the step): ``(y - mean) / sqrt(mean square - mean^2 + eps)`` per channel, then
   the affine ``weight * . + bias``, then the residual, added where the output reads the grid.
 - Threshold: an entry of the orthonormal half spectrum is kept iff ``|Y| > beta`` (NaN
-  kept); its gradient is the keep mask. Split tanh: ``tanh(re) + i tanh(im)``.
+  kept), every entry at beta 0 (the identity); its gradient is the keep mask. Split tanh:
+  ``tanh(re) + i tanh(im)``.
 - A strided layer crops its map to its output first; normalisation, residual, threshold and
   split tanh then act on that output, on a grid the output's size.
 """
@@ -124,7 +125,8 @@ def spectral_layer(
     """
     y, padding, full = _thresholded_map(x, weight, bias, padding, stride, moments, affine, residual)
     spectrum = torch.fft.rfft2(y, norm="ortho")
-    kept = torch.where(spectrum.detach().abs() <= beta, 0, spectrum)
+    dropped = (spectrum.detach().abs() <= beta) & (torch.as_tensor(beta) > 0)  # beta 0: the identity
+    kept = torch.where(dropped, 0, spectrum)
     if activation == "split_tanh":
         kept = torch.complex(torch.tanh(kept.real), torch.tanh(kept.imag))
     z = torch.fft.irfft2(kept, s=tuple(y.shape[-2:]), norm="ortho")

@@ -4,9 +4,10 @@ threshold's scaling and clean DFT tables.
 
 An entry ``Y`` is kept iff ``|Y| > beta`` (DESIGN.md section 2), decided on squares without
 a square root: with ``(scale, beta2) = scaled_threshold(beta)``, it is kept iff
-``(scale re)^2 + (scale im)^2 > beta2``, or, when ``beta2`` is 0 (``beta == 0``, the exact
-drop-in), iff it is not zero, so that an entry whose square underflows still counts.
-NaN entries are always kept.
+``(scale re)^2 + (scale im)^2 > beta2``. When ``beta2`` is 0 (``beta == 0``, the exact
+drop-in) every entry is kept: the threshold is then the identity, whose gradient is 1 at
+an exact zero too (an all-zero input map's gradient is ``nn.Conv2d``'s), and an entry
+whose square underflows still counts. NaN entries are always kept.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from torch import nn
 
 from spectriton import _checks, provenance
 from spectriton.nvtx import annotate, ranged
+from spectriton.tracing import traced_module
 from spectriton.windows import input_indices, window_max
 
 
@@ -61,6 +62,9 @@ class CompactMaxPool2d(nn.Module):
             raise ValueError(f"padding {self.padding} must be at most half of kernel_size {self.kernel_size}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = traced_module(self, x)
+        if node is not None:  # fx tracing: a leaf of the graph
+            return node
         _checks.spatial_input(x, None)
         padded = [x.shape[-2 + a] + 2 * self.padding[a] for a in range(2)]
         if padded[0] < self.kernel_size[0] or padded[1] < self.kernel_size[1]:
@@ -107,6 +111,9 @@ class CompactAvgPool2d(nn.AvgPool2d):
     backward; ``nn.AvgPool2d`` keeps its input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = traced_module(self, x)
+        if node is not None:  # fx tracing: a leaf of the graph
+            return node
         _checks.spatial_input(x, None)
         if not torch.is_grad_enabled() or not x.requires_grad:
             return super().forward(x)

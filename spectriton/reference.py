@@ -26,12 +26,12 @@ KEEP_ENTRIES = 1 << 20  # entries thresholded at a time: the float temporaries s
 
 def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
     """Entries whose magnitude is above ``beta`` (strict), by the rule of
-    :mod:`spectriton.numerics`: at ``beta`` 0 every non-zero entry, however tiny; NaN and
-    Inf are always kept. Decided a run of rows (frequencies) at a time, into one bool
-    tensor, so that no float temporary the spectrum's size is made."""
+    :mod:`spectriton.numerics`: at ``beta`` 0 every entry; NaN and Inf are always kept.
+    Decided a run of rows (frequencies) at a time, into one bool tensor, so that no float
+    temporary the spectrum's size is made."""
     scale, beta2 = scaled_threshold(beta)
     if not isinstance(beta2, torch.Tensor) and beta2 == 0:
-        return spectrum != 0
+        return torch.ones(spectrum.shape, dtype=torch.bool, device=spectrum.device)
     if isinstance(scale, torch.Tensor):  # rounded as a Python float would be: to the entries' dtype
         scale, beta2 = scale.to(spectrum.real.dtype), beta2.to(spectrum.real.dtype)
     keep = torch.empty(spectrum.shape, dtype=torch.bool, device=spectrum.device)
@@ -42,7 +42,7 @@ def keep_mask(spectrum: torch.Tensor, beta: float | torch.Tensor) -> torch.Tenso
             re, im = re * scale, im * scale
         torch.le(re.square().add_(im.square()), beta2, out=keep[rows]).logical_not_()
     if isinstance(beta2, torch.Tensor):  # a threshold computed on the device may be 0 too
-        keep |= (beta2 == 0) & (spectrum != 0)
+        keep |= beta2 == 0
     return keep
 
 

@@ -147,3 +147,32 @@ def test_state_dict_round_trip_across_backends(monkeypatch):
     assert torch.equal(loaded(x), expected)
     monkeypatch.setenv("SPECTRITON_BACKEND", "triton")
     torch.testing.assert_close(loaded(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fx_traces_a_converted_model_and_extracts_its_features():
+    """Issue 28: ``torch.fx.symbolic_trace`` and torchvision's ``create_feature_extractor``
+    rejected converted models (the input check met fx Proxies). Each spectral block is now
+    one node of the graph, and the traced model gives the model's outputs and gradients."""
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = st.convert(torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    traced = torch.fx.symbolic_trace(model)
+    assert any(node.target is st.blocks.run_layers for node in traced.graph.nodes)
+    model(x)  # calibrates the normalised layers, which the traced copy shares
+    for module in (traced, model):
+        module.zero_grad()
+        module(x).square().sum().backward()
+    traced_grads = {name: p.grad for name, p in traced.named_parameters()}
+    assert traced_grads.keys() == dict(model.named_parameters()).keys()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(traced_grads[name], p.grad, rtol=1e-5, atol=1e-6)
+    model.eval()
+    features = create_feature_extractor(model, {"layer2": "mid", "fc": "logits"})(x)
+    seen = []
+    model.layer2.register_forward_hook(lambda module, args, out: seen.append(out))
+    model(x)
+    torch.testing.assert_close(features["mid"], seen[0])
+    assert features["logits"].shape == (2, 10)

@@ -84,3 +84,20 @@ def test_a_density_layer_synchronises_with_the_host_once_per_forward():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_an_uncalibrated_budget_in_eval_thresholds_each_sample_at_its_own_quantile(backend, monkeypatch):
+    """Issue 28: evaluated before any training step (no running threshold yet), a density
+    layer kept each sample's entries by the batch's quantile, so a sample's output hung on
+    its batch; now each sample keeps about its own ``density`` of its spectrum."""
+    monkeypatch.setenv("SPECTRITON_BACKEND", backend)
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 4, 3, padding=1, activation="split_tanh", density=0.2).eval()
+    x = torch.randn(4, 3, 10, 10) * torch.tensor([0.1, 1.0, 10.0, 100.0]).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        together = layer(x)
+        alone = [layer(x[i : i + 1]) for i in range(len(x))]
+        assert layer.last_density == pytest.approx(0.2, abs=0.02)
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-6, rtol=1e-5)
+    assert math.isnan(layer.threshold)  # eval sets no running threshold

@@ -9,7 +9,7 @@ from torch import nn
 
 import spectriton as st
 from spectriton import reference
-from spectriton.functional import SpectralFlow
+from spectriton.functional import SpectralFlow, spectral_conv2d
 
 pytest.importorskip("spectriton.kernels")
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # NaN on purpose
@@ -142,13 +142,13 @@ def test_threshold_decision_is_exact_far_from_float32_range(beta, backend):
 @pytest.mark.parametrize("beta", [0.4, torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.0)], ids=str)
 def test_threshold_decided_by_runs_of_rows_is_the_whole_decision(beta, monkeypatch):
     """``keep_mask`` thresholds a few rows at a time (``KEEP_ENTRIES``): the runs, the last
-    one short, decide as one pass would, NaN and Inf kept and zeros dropped at beta 0."""
+    one short, decide as one pass would, NaN and Inf kept, and every entry at beta 0."""
     spectrum = torch.randn(7, 3, 5, dtype=torch.complex64)
     spectrum[2, 1, 3], spectrum[6, 0, 0], spectrum[0, 0, 1] = float("nan"), float("inf"), 0
     re, im = spectrum.real.double(), spectrum.imag.double()
     whole = ~(re.square() + im.square() <= float(beta) ** 2) | spectrum.isnan()
     if float(beta) == 0:
-        whole = spectrum != 0
+        whole = torch.ones_like(whole)
     monkeypatch.setattr(reference, "KEEP_ENTRIES", 2 * 15)  # two rows a run: runs 2, 2, 2, 1
     assert torch.equal(reference.keep_mask(spectrum, beta), whole)
 
@@ -171,6 +171,45 @@ def test_tiny_inputs_are_scaled_not_dropped_by_the_exact_drop_in(dtype, scale, b
     tol = 16 * torch.finfo(dtype).eps
     for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
         assert (a - b).abs().max() <= tol * b.abs().max(), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(bias=False), dict(stride=2), dict(groups=3, dilation=2), dict(padding=3)],
+    ids=["plain", "bias-strided", "grouped-dilated", "wide-padding"],
+)
+def test_an_all_zero_receptive_field_gives_the_exact_output_and_relu_kink(options):
+    """Where every input ``nn.Conv2d`` reads is zero (a dead ReLU region, padding) its output is
+    exactly the bias; the exact drop-in's is too, not the FFT's round-off of either sign, so
+    a ReLU after it passes a gradient exactly where the original's does (float64: any
+    round-off crossing the kink shows)."""
+    torch.manual_seed(0)
+    settings = {"padding": 1, **options}
+    layer = st.SpectralConv2d(6, 6, 3, dtype=torch.float64, **settings)
+    x = torch.relu(torch.randn(2, 6, 16, 16, dtype=torch.float64))
+    x[0, :, 5:] = 0  # a dead region larger than the kernel
+    x[1, :3] = 0  # one group dead
+    x.requires_grad_()
+    conv = nn.Conv2d(6, 6, 3, dtype=torch.float64, **settings)
+    conv.weight, conv.bias = layer.weight, layer.bias
+    y, expected = layer(x), conv(x)
+    dead = (expected == (0 if layer.bias is None else layer.bias.view(-1, 1, 1))).expand_as(y)
+    assert dead.any() and torch.equal(y[dead], expected[dead])
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(torch.relu(y), [x, layer.weight], grad)
+    want = torch.autograd.grad(torch.relu(expected), [x, layer.weight], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_functional_drop_in_is_exact_on_all_zero_fields():
+    torch.manual_seed(0)
+    x = torch.zeros(1, 2, 12, 12, dtype=torch.float64)
+    x[..., :3, :3] = torch.randn(2, 3, 3, dtype=torch.float64)
+    weight, bias = torch.randn(3, 2, 3, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    y = spectral_conv2d(x, weight, bias, padding=1)
+    expected = nn.functional.conv2d(x, weight, bias, padding=1)
+    assert torch.equal(y[..., 6:, 6:], expected[..., 6:, 6:])
 
 
 def _train_step(seed):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from spectriton import backend, transforms
 from spectriton.compressed import CompressedSpectrum, mask_words
-from spectriton.density import density_threshold
+from spectriton.density import density_threshold, drop_by_sample_
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import channel_moments, moments_used, normalise_, scale_shift_
 from spectriton.numerics import compute_dtype, exact, spectrum_bins
@@ -63,8 +63,8 @@ def layer(
     ``named`` holds the optional tensors given, named by ``names`` (comma-separated, see
     :func:`~spectriton.ops.spec.to_named`):
 
-    - ``running``, when calibrated (not NaN): the threshold to use instead of the density
-      budget's quantile (eval mode);
+    - ``running`` (eval mode): the threshold to use instead of the density budget's
+      quantile; when NaN (uncalibrated), each sample's own quantile instead of the batch's;
     - ``moments`` (``(2, O)``: each channel's mean and mean square on the grid): normalises
       the layer as BatchNorm does: each output channel's mean is taken from its DC bin and
       its product divided by its standard deviation before the threshold, using ``moments``
@@ -81,10 +81,12 @@ def layer(
     running, moments, affine, residual = (
         optional.get(n) for n in ("running", "moments", "affine", "residual")
     )
+    by_sample = False  # an uncalibrated budget in eval: each sample's own quantile
     if running is not None:
         calibrated = float(running)  # one host read, as sizing the values needs anyway
         if not math.isnan(calibrated):
             cfg = replace(cfg, beta=calibrated, density=None)
+        by_sample = math.isnan(calibrated)
     weight = transforms.dense_weight(weight, cfg.dilation)
     with annotate(lambda: f"layer.forward {cfg.describe(weight, geom.grid)}"), exact(weight.device):
         ops = backend.ops(weight.device)
@@ -97,7 +99,7 @@ def layer(
             batch_moments = weight.new_empty(0, dtype=torch.float32)
         else:
             out, used, batch_moments = _summed_forward(
-                ops, weight, bias, cfg, geom, batch, real, sources, moments, affine, residual
+                ops, weight, bias, cfg, geom, batch, real, sources, moments, affine, residual, by_sample
             )
     threshold = torch.as_tensor(used, dtype=torch.float64, device=weight.device).clone()
     return out.values, out.mask, out.offsets, threshold, batch_moments
@@ -123,12 +125,13 @@ def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offs
 
 
 def _summed_forward(
-    ops, weight, bias, cfg, geom, batch, real, sources, moments, affine, residual
+    ops, weight, bias, cfg, geom, batch, real, sources, moments, affine, residual, by_sample
 ) -> tuple[CompressedSpectrum, Tensor | float, Tensor]:
     """Several sources (a dense block), a density budget, a normalised layer, a residual or
     a stride: the dense product first (cropped to a strided layer's output). With
     ``moments`` (see :func:`layer`), the product is normalised per channel (and scaled and
-    shifted by ``affine``), then ``residual`` is added; returns the compressed output, the
+    shifted by ``affine``), then ``residual`` is added; a density budget thresholds at the
+    batch's quantile, or each sample's (``by_sample``); returns the compressed output, the
     threshold used and the batch's moments."""
     spectra = [
         source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
@@ -157,7 +160,12 @@ def _summed_forward(
         scale_shift_(product, affine, out_grid)
     if residual is not None:
         product.add_(residual.to(product.dtype))
-    beta = cfg.beta if cfg.density is None else density_threshold(product, cfg.density)
+    if cfg.density is None:
+        beta = cfg.beta
+    elif by_sample:
+        beta = drop_by_sample_(product, cfg.density)
+    else:
+        beta = density_threshold(product, cfg.density)
     out = ops.threshold_compact(product, beta, cfg.activation, cfg.value_dtype, out_grid)
     return out, beta, batch_moments
 
