@@ -30,9 +30,13 @@ class CompactMaxPoolFunction(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         (h, w), (n, c) = ctx.size, grad.shape[:2]
         flat = input_indices(index, *ctx.window, grad.shape, (h, w))
-        grad_x = grad.new_zeros(n, c, h * w)
-        grad_x.scatter_add_(2, flat, grad.reshape(n, c, -1))
-        return grad_x.view(n, c, h, w), None, None, None, None, None
+        like = grad.new_empty(n, c, h, w)  # read for its shape only
+        kernel, stride, padding = ctx.window
+        # nn.MaxPool2d's own backward: overlapping windows sum in its order and precision
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, like, kernel, stride, padding, (1, 1), False, flat.view(grad.shape)
+        )
+        return grad_x, None, None, None, None, None
 
 
 class CompactMaxPool2d(nn.Module):
