@@ -29,6 +29,14 @@ def backend_name(device: torch.device) -> str:
     return name
 
 
+def cpu_forms(device: torch.device) -> bool:
+    """Whether the CPU-only forms run for tensors on ``device`` (DFTs as GEMMs, a block
+    output's gradient packed by channel runs): on CPU tensors, unless
+    ``SPECTRITON_CPU_FORMS=0``, which runs the ops the CUDA path runs (what
+    ``bench/launches.py`` traces)."""
+    return device.type == "cpu" and os.environ.get("SPECTRITON_CPU_FORMS", "1") != "0"
+
+
 def ops(device: torch.device) -> ModuleType:
     """The module holding the backend's ops for tensors on ``device``.
 

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from spectriton.backend import cpu_forms
 from spectriton.numerics import complex_dtype, half_spectrum, runs, snap_zeros, spectrum_bins
 
 GEMM_GRID = 40  # the largest grid side (points) transformed by GEMMs; above, FFTs
@@ -38,7 +39,7 @@ def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
     CPU tensors in float32 or float64 (complex64 or complex128) on grids up to
     ``GEMM_GRID`` points a side."""
     real = t.real.dtype if t.is_complex() else t.dtype
-    return t.device.type == "cpu" and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
+    return cpu_forms(t.device) and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
 
 
 CHUNK_BYTES = 4 << 20  # the most bytes of one transform's complex grid: larger batches go by channel runs
