@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from spectriton import _checks, provenance
-from spectriton.exact_zeros import bias_where_dead
+from spectriton.exact_zeros import bias_where_dead_
 from spectriton.functional import SpectralFlow, empty_output, spectral_output
 from spectriton.geometry import block_geometry
 from spectriton.ops.rebuild import rebuild_input
@@ -124,7 +124,7 @@ def _run_block(
     if len(layers) == 1 and residual is None and layers[0].linear:  # nn.Conv2d exactly
         layer = layers[0]
         shape = (layer.kernel_size, layer.padding, layer.stride, layer.dilation, layer.groups)
-        y = bias_where_dead(y, x, layer.bias, *shape)
+        y = bias_where_dead_(y, x, layer.bias, *shape)
     return y
 
 

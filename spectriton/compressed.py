@@ -280,8 +280,13 @@ class CompressedSpectrum:
         if (run.start, run.stop) != (0, self.bins):  # a part: its values start at an offset
             first, last = self.offsets[[run.start, run.stop]].tolist()
             values = values[first:last]
-        values = torch.view_as_complex(values.to(self.dense_dtype.to_real()))
         count = (run.stop - run.start) * per_bin
+        if self.nnz == self.numel:  # every entry kept: the values are the spectrum
+            if values.shape[0] > count:
+                values = values[run.start * per_bin : run.stop * per_bin]
+            dense = torch.view_as_complex(values.to(self.dense_dtype.to_real(), copy=True))
+            return dense.view(run.stop - run.start, self.batch, self.channels)
+        values = torch.view_as_complex(values.to(self.dense_dtype.to_real()))
         dense = torch.zeros(count, dtype=self.dense_dtype, device=self.values.device)
         keep = unpack_bits(self.mask, count, run.start * per_bin)
         dense.masked_scatter_(keep, values)  # no positions: a third of nonzero + index_copy_
@@ -297,6 +302,29 @@ class CompressedSpectrum:
             f"CompressedSpectrum(shape={self.shape}, grid={self.grid}, nnz={self.nnz}, "
             f"density={self.density:.3f}, values={self.values.dtype}, nbytes={self.nbytes})"
         )
+
+
+def full_mask(numel: int, device: torch.device) -> torch.Tensor:
+    """The bitmask keeping all ``numel`` entries of a stream (no bits past the last)."""
+    mask = torch.full((mask_words(numel),), -1, dtype=torch.int32, device=device)
+    if numel % WORD_BITS:
+        mask[-1] = (1 << numel % WORD_BITS) - 1
+    return mask
+
+
+def compact_whole(
+    dense: torch.Tensor, grid: tuple[int, int], activate, value_dtype: torch.dtype | None
+) -> CompressedSpectrum:
+    """:func:`compact` keeping every entry (beta 0): the values in stream order are the
+    frequency-major spectrum itself, so nothing is selected."""
+    bins, batch, channels = dense.shape
+    values = activate(as_pairs(dense.reshape(-1)))
+    if value_dtype is not None:
+        values = values.to(value_dtype)
+    offsets = torch.arange(bins + 1, dtype=torch.int64, device=dense.device) * (batch * channels)
+    return CompressedSpectrum._trusted(
+        values, full_mask(dense.numel(), dense.device), offsets, batch, channels, grid
+    )
 
 
 def compact(

@@ -23,14 +23,30 @@ def dead_positions(
     dilation: tuple[int, int],
     groups: int,
 ) -> torch.Tensor:
-    """``(N, groups, H_out, W_out)``: True where every input a group's output reads is 0."""
+    """``(N, groups, 1, H_out, W_out)``: True where every input a group's output reads is 0."""
     n, c, h, w = x.shape
-    live = (x != 0).reshape(n, groups, c // groups, h, w).any(2).to(torch.float32)
-    live = F.pad(live, (padding[1], padding[1], padding[0], padding[0]))  # zeros: nothing there
-    return F.max_pool2d(live, kernel, stride, dilation=dilation) == 0
+    zero = x == 0
+    if c != groups:
+        zero = zero.reshape(n, groups, c // groups, h, w).all(2)
+    live = F.pad(torch.logical_not(zero).view(torch.uint8), (padding[1], padding[1], padding[0], padding[0]))
+    for axis in (-2, -1):  # a separable window: any along the rows, then the columns
+        live = _any_along(live, axis, kernel[axis], stride[axis], dilation[axis])
+    return (live == 0).unsqueeze(2)
 
 
-def bias_where_dead(
+def _any_along(t: torch.Tensor, axis: int, taps: int, stride: int, dilation: int) -> torch.Tensor:
+    """Whether any of the ``taps`` entries of each window along ``axis`` is set (uint8)."""
+    out = (t.shape[axis] - dilation * (taps - 1) - 1) // stride + 1
+    found = None
+    for tap in range(taps):
+        start = tap * dilation
+        part = t.narrow(axis, start, (out - 1) * stride + 1)
+        part = part[..., ::stride, :] if axis == -2 else part[..., ::stride]
+        found = part if found is None else found | part
+    return found
+
+
+def bias_where_dead_(
     y: torch.Tensor,
     x: torch.Tensor,
     bias: torch.Tensor | None,
@@ -40,11 +56,16 @@ def bias_where_dead(
     dilation: tuple[int, int],
     groups: int,
 ) -> torch.Tensor:
-    """``y``, a linear layer's output from input ``x``, with its exact value (the bias, or 0)
-    where the receptive field is all zeros; the gradient passes as through ``y``."""
+    """``y``, a linear layer's output from input ``x``, set in place to its exact value (the
+    bias, or 0) where the receptive field is all zeros. Outside autograd: the gradient passes
+    as through ``y``."""
     with torch.no_grad():
         dead = dead_positions(x, kernel, padding, stride, dilation, groups)
-        dead = dead.repeat_interleave(y.shape[1] // groups, dim=1)
-        exact = torch.zeros((), dtype=y.dtype, device=y.device) if bias is None else bias.view(-1, 1, 1)
-        correction = torch.where(dead, exact.to(y.dtype) - y, 0)
-    return y + correction
+        n, o, h, w = y.shape
+        grouped = y.view(n, groups, o // groups, h, w)
+        if bias is None:
+            grouped.masked_fill_(dead, 0)
+        else:
+            exact = bias.to(y.dtype).view(groups, o // groups, 1, 1)
+            grouped.copy_(torch.where(dead, exact, grouped))
+    return y

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from spectriton import _checks, provenance, transforms
-from spectriton.exact_zeros import bias_where_dead
+from spectriton.exact_zeros import bias_where_dead_
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 from spectriton.nonfinite import mark_nonfinite, nonfinite_samples
 from spectriton.numerics import compute_dtype
@@ -225,7 +225,7 @@ def spectral_block(
         )
     y = spectral_output(flow)
     if len(layers) == 1 and beta == 0 and activation is None:  # F.conv2d exactly
-        y = bias_where_dead(y, x, bias, shape.kernel, shape.padding, shape.stride, (1, 1), 1)
+        y = bias_where_dead_(y, x, bias, shape.kernel, shape.padding, shape.stride, (1, 1), 1)
     return y
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from spectriton import grouped
-from spectriton.compressed import CompressedSpectrum, as_pairs, compact, unpack_bits
+from spectriton.compressed import CompressedSpectrum, as_pairs, compact, compact_whole, unpack_bits
 from spectriton.numerics import runs, scaled_threshold
 
 KEEP_ENTRIES = 1 << 20  # entries thresholded at a time: the float temporaries stay a few MiB
@@ -61,6 +61,8 @@ def threshold_compact(
     """Threshold a dense frequency-major product spectrum ``(bins, N, O)``, apply split tanh
     to the kept entries if asked, compress the result."""
     activate = torch.tanh if activation else (lambda kept: kept)
+    if not isinstance(beta, torch.Tensor) and beta == 0:  # everything kept: nothing to select
+        return compact_whole(spectrum, grid, activate, value_dtype)
     return compact(spectrum, keep_mask(spectrum, beta), grid, activate, value_dtype)
 
 
@@ -104,6 +106,8 @@ def unpack_tiles(spectrum: CompressedSpectrum, tiles: list[slice]) -> Iterator[t
 def pack(dense: torch.Tensor, mask: torch.Tensor, nnz: int) -> torch.Tensor:
     """The ``nnz`` entries of a dense frequency-major spectrum that ``mask`` keeps, as
     packed pairs in stream order."""
+    if nnz == dense.numel():  # every entry kept
+        return as_pairs(dense.reshape(-1))
     return as_pairs(dense.resolve_conj().reshape(-1).masked_select(unpack_bits(mask, dense.numel())))
 
 

@@ -91,7 +91,9 @@ def output_backward(
     geom = BlockGeometry.from_args(geometry)
     with annotate("output.backward"):
         grad_y = grad_y.to(real)
-        if backend.cpu_forms(grad_y.device) and len(dft.channel_chunks(batch, channels, geom.grid)) > 1:
+        runs = len(dft.channel_chunks(batch, channels, geom.grid))
+        whole = nnz == spectrum_bins(geom.grid) * batch * channels  # the packed values are dense
+        if backend.cpu_forms(grad_y.device) and not whole and runs > 1:
             return _packed_by_channels(grad_y, geom, mask, nnz)
         return backend.ops(mask.device).pack(transforms.to_space_adjoint(grad_y, geom), mask, nnz)
 
