@@ -88,23 +88,17 @@ def kernel_spectra(
     """:func:`kernel_spectrum` of each tile in ``tiles``, one at a time: a tile is a run of
     frequencies and a run of output channels (a layer's tiles: :mod:`spectriton.ops.tiles`).
 
-    ``K^T[f] = sum_t E[f, t] w_t``: one real GEMM of the ``[cos | sin]`` rows of ``E``
-    (``[cos | -sin]`` for ``K^H``) by the tile's output channels of the weight in its own
-    ``(O, C taps)`` layout, no copy of the weight, then the two planes interleaved: the
-    transient is the tile's planes, and a tile reads only its channels' taps."""
+    ``K^T[f] = sum_t E[f, t] w_t``: one complex GEMM of the rows of ``E`` (``conj(E)`` for
+    ``K^H``) by the tile's output channels of the weight as ``(O C, taps)`` (a complex copy
+    of those taps, the weight's size at most), written as ``(bins, O, C)`` at once: the
+    transient is the tile, and a tile reads only its channels' taps."""
     out_channels, channels, kh, kw = weight.shape
-    table = _planes(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
+    table = _table(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
     rows = weight.reshape(out_channels, -1)
     for bins, outs in tiles:  # nothing of a tile held here once it is yielded
-        yield _tile_spectra(table[bins], rows[outs].reshape(-1, kh * kw), channels, adjoint)
-
-
-def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, channels: int, adjoint: bool) -> torch.Tensor:
-    """One tile of :func:`kernel_spectra` from its rows of ``_planes`` and its output
-    channels' ``(O C, taps)``: the real planes, then interleaved."""
-    planes = (table.reshape(-1, flat.shape[1]) @ flat.T).view(table.shape[0], 2, -1)
-    spectra = torch.complex(planes[:, 0], planes[:, 1]).view(table.shape[0], -1, channels)
-    return spectra if adjoint else spectra.mT
+        taps = rows[outs].reshape(-1, kh * kw).to(table.dtype)
+        spectra = (table[bins] @ taps.T).view(table[bins].shape[0], -1, channels)
+        yield spectra if adjoint else spectra.mT
 
 
 def is_pointwise(kernel: Sequence[int], shift: Sequence[int]) -> bool:
@@ -181,13 +175,20 @@ def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _planes(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
-    """:func:`_phases` as real planes ``(bins, 2, kh kw)``: ``[cos, sin]`` (``E``, for
-    ``K``) or ``[cos, -sin]`` (``conj(E)``, for ``K^H``), in ``dtype``."""
+def _table(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
+    """``E`` (for ``K``) or ``conj(E)`` (for ``K^H``): complex ``(bins, kh kw)`` (:func:`_phases`)."""
     phases = _phases(grid, kernel, shift, dtype, device)
     with torch.inference_mode(False):
-        planes = torch.view_as_real(phases if adjoint else phases.conj().resolve_conj())
-        return planes.permute(0, 2, 1).contiguous()
+        return phases if adjoint else phases.conj().resolve_conj()
+
+
+@functools.lru_cache(maxsize=256)
+def _planes(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
+    """:func:`_table` as real planes ``(bins, 2, kh kw)``: ``[cos, sin]`` (``E``, for
+    ``K``) or ``[cos, -sin]`` (``conj(E)``, for ``K^H``), in ``dtype``."""
+    table = _table(grid, kernel, shift, dtype, device, adjoint)
+    with torch.inference_mode(False):
+        return torch.view_as_real(table).permute(0, 2, 1).contiguous()
 
 
 def _span(size: int) -> tuple[int, ...]:

@@ -25,6 +25,11 @@ def dc_real(spectrum: CompressedSpectrum | Tensor, batch: int, channels: int) ->
     if not isinstance(spectrum, CompressedSpectrum):
         return spectrum[0].real
     first = batch * channels  # the DC frequency is the stream's first batch x channels entries
-    dc = spectrum.values.new_zeros(first)
-    dc[unpack_bits(spectrum.mask, first)] = spectrum.values[: int(spectrum.offsets[1]), 0]
+    values = spectrum.values
+    if values.shape[0] == 0:
+        return values.new_zeros(batch, channels)
+    keep = unpack_bits(spectrum.mask, first)
+    # the kept DC entries are the first values, in order: gathered by rank, no host read
+    rank = keep.view(torch.uint8).cumsum(0).sub_(1).clamp_(0, values.shape[0] - 1)
+    dc = torch.where(keep, values[:, 0].gather(0, rank), 0)
     return dc.view(batch, channels)
