@@ -136,7 +136,7 @@ def _model(name: str, size: int):
 
     if name in models.MODELS:
         side = models.input_size(name)
-        return models.build(name, spectral=True), (1 if name == "lenet5" else 3, side, side)
+        return models.build(name, spectral=True), (1, side, side)  # Fashion-MNIST's one channel
     import torchvision
 
     return st.convert(getattr(torchvision.models, name)(num_classes=10)), (3, size, size)
