@@ -96,8 +96,9 @@ def kernel_spectra(
     table = _table(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
     rows = weight.reshape(out_channels, -1)
     for bins, outs in tiles:  # nothing of a tile held here once it is yielded
+        phases = table[bins]
         taps = rows[outs].reshape(-1, kh * kw).to(table.dtype)
-        spectra = (table[bins] @ taps.T).view(table[bins].shape[0], -1, channels)
+        spectra = (phases @ taps.T).view(phases.shape[0], -1, channels)
         yield spectra if adjoint else spectra.mT
 
 
