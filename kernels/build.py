@@ -1,7 +1,8 @@
-"""Ahead-of-time build of every kernel for real GPUs, without a GPU.
+"""Ahead-of-time build of every kernel for real GPUs, without a GPU, as its call sites launch it.
 
-``python -m spectriton.kernels`` compiles each kernel, in each variant and autotune config
-the launchers can pick, for sm_80 and sm_90 with ``triton.compile`` and a ``GPUTarget``,
+``python -m spectriton.kernels`` compiles each call site of :data:`CALL_SITES` (the argument
+types and constexprs the launchers produce, recorded by ``--record`` under the interpreter),
+in each autotune config, for sm_80 and sm_90 with ``triton.compile`` and a ``GPUTarget``,
 with the specialisation the JIT gives those launches: every pointer 16-byte aligned and the
 integer arguments that are multiples of 16 at the paper's shapes (batch, channels, strides)
 marked divisible by 16, as Triton's launcher marks them. From the cubin it reads registers,
@@ -15,6 +16,10 @@ or spills.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -39,6 +44,23 @@ class Variant:
     num_warps: int = 4
 
 
+# The specialisations the launchers produce at the call sites :func:`record_call_sites` runs
+# (``python -m spectriton.kernels --record`` writes it; a test fails when it misses one).
+CALL_SITES = Path(__file__).with_name("call_sites.json")
+# Integer arguments marked divisible by 16, as the JIT marks them at the paper's shapes.
+DIVISIBLE = {
+    "spectral_product_kernel": ("stride_kf", "stride_kk", "N", "K", "Q"),
+    "spectral_weight_grad_kernel": ("N", "K", "Q"),
+    "spectral_threshold_kernel": ("numel",),
+}
+WARPS = {"spectral_threshold_kernel": 8}
+# What a call site's key leaves out: the tests' exact precision ("ieee"; the build makes the
+# GPU's "tf32" and "bf16"), the autotune config (the build makes each) and launch options.
+UNKEYED = ("PRECISION", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_Q", "num_warps", "num_stages")
+_CODES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "int32": "i32",
+          "int64": "i64", "uint8": "u8", "int8": "i8", "bool": "i1"}  # fmt: skip
+
+
 def _tuned(kernel):
     """(config, num_warps, precision, tag) for every autotune config of ``kernel``: each in
     TF32, the first also in bf16."""
@@ -48,90 +70,133 @@ def _tuned(kernel):
             yield dict(c.kwargs), c.num_warps, precision, tag
 
 
-def _signature(fn, types: dict[str, str]) -> dict[str, str]:
-    """Every argument of ``fn``: constexprs as such, ``types`` where given, else ``i32``.
+def argument_type(value) -> str:
+    """The signature type Triton's JIT gives an argument: ``*<dtype>`` for a tensor, ``i32``
+    or ``i64`` for an int by its range (an int equal to 1 is a constant: the JIT specialises
+    on it), ``fp32`` for a float."""
+    if hasattr(value, "dtype") and hasattr(value, "data_ptr"):
+        return "*" + _CODES[str(value.dtype).removeprefix("torch.")]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "1" if value == 1 else ("i32" if -(2**31) <= value < 2**31 else "i64")
+    return "fp32" if isinstance(value, float) else type(value).__name__
 
-    Pointer names (``*_ptr``) default to ``*fp32``, except masks (``*i32``) and prefixes
-    (``*i64``).
-    """
 
-    def default(name: str) -> str:
-        if not name.endswith("_ptr"):
-            return "i32"
-        if "mask" in name:
-            return "*i32"
-        return "*i64" if "prefix" in name else "*fp32"
+@contextlib.contextmanager
+def recorded_launches():
+    """Under ``TRITON_INTERPRET=1``: every kernel launch made inside as a call site
+    (``{"kernel", "types", "constexprs"}``, not divisibility by 16, which follows each call's
+    shapes), collected into the list yielded, each once."""
+    from triton.runtime.interpreter import InterpretedFunction
 
-    return {p.name: "constexpr" if p.is_constexpr else types.get(p.name, default(p.name)) for p in fn.params}
+    run, sites = InterpretedFunction.run, []
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        parameters = inspect.signature(self.fn).parameters
+        values = {k: v for k, v in {**dict(zip(self.arg_names, args)), **kwargs}.items() if k in parameters}
+        constexprs = {k: v for k, v in values.items() if "constexpr" in str(parameters[k].annotation)}
+        site = {
+            "kernel": self.fn.__name__,
+            "types": {k: argument_type(v) for k, v in values.items() if k not in constexprs},
+            "constexprs": {k: v for k, v in constexprs.items() if k not in UNKEYED},
+        }
+        if site not in sites:
+            sites.append(site)
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording
+    try:
+        yield sites
+    finally:
+        InterpretedFunction.run = run
+
+
+def record_call_sites() -> list[dict]:
+    """The call sites of a training step and an eval forward of small layers and models
+    holding every kind of call the zoo and converted models make (bfloat16 values, a first
+    layer reading 1 channel, normalised, strided, residual, 1 x 1, density, dense block,
+    linear), on the Triton backend under the interpreter, in a stable order."""
+    import torch
+    from torch import nn
+
+    import spectriton as st
+
+    spec = dict(activation="split_tanh", beta=0.5, value_dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    models = [
+        (nn.Sequential(st.SpectralConv2d(1, 16, 5, **spec), st.CompactMaxPool2d(2)), (16, 1, 12, 12)),
+        (st.SpectralSequential(*(st.SpectralConv2d(16, 16, 3, 1, 1, **spec) for _ in "ab")), (16, 16, 6, 6)),
+        (st.convert(_residual_block()), (16, 16, 8, 8)),
+        (st.SpectralConv2d(16, 16, 3, padding=1, activation="split_tanh", density=0.2), (16, 16, 6, 6)),
+        (st.SpectralDenseBlock(16, 16, 2, beta=0.3, value_dtype=torch.bfloat16), (16, 16, 6, 6)),
+        (st.SpectralConv2d(16, 16, 3, padding=1), (16, 16, 6, 6)),
+    ]  # fmt: skip
+    with recorded_launches() as sites:
+        for model, shape in models:
+            x = torch.randn(shape)
+            model.train()(x).square().mean().backward()
+            with torch.no_grad():
+                model.eval()(x)
+    return sorted(sites, key=lambda site: json.dumps(site, sort_keys=True))
+
+
+def _residual_block():
+    """A ResNet basic block with a strided 1 x 1 shortcut, as torchvision writes it."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32)
+            self.conv2, self.bn2 = nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32)
+            self.relu = nn.ReLU()
+            self.downsample = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+    return Block()
 
 
 def variants() -> list[Variant]:
-    """Every kernel in every variant its launcher uses."""
+    """Every call site of :data:`CALL_SITES` as the build compiles it: an autotuned kernel in
+    each of its configs (:func:`_tuned`), constant arguments as constexprs."""
     from spectriton.kernels import packing, spectral_product, threshold
 
+    kernels = {
+        k.fn.__name__ if hasattr(k, "configs") else k.__name__: k
+        for k in (
+            threshold.spectral_threshold_kernel, threshold.spectral_activation_backward_kernel,
+            packing.spectral_pack_kernel, packing.spectral_unpack_kernel,
+            spectral_product.spectral_product_kernel, spectral_product.spectral_weight_grad_kernel,
+        )
+    }  # fmt: skip
     out: list[Variant] = []
-
-    def add(name, fn, constexprs, num_warps=4, divisible=(), **types):
-        signature = _signature(fn, types)
-        aligned = tuple(k for k, v in signature.items() if v.startswith("*")) + tuple(divisible)
-        out.append(Variant(name, fn, signature, constexprs, aligned, num_warps))
-
-    for activation, on_device in ((False, False), (True, False), (True, True)):
-        add(
-            f"spectral_threshold_kernel[act={int(activation)},beta_on_device={int(on_device)}]",
-            threshold.spectral_threshold_kernel,
-            {"ACTIVATION": activation, "BETA_ON_DEVICE": on_device, "BLOCK": threshold.THRESHOLD_BLOCK},
-            num_warps=8,
-            divisible=("numel",),
-            numel="i64",
-            scale="fp32",
-            beta2="fp32",
+    for site in json.loads(CALL_SITES.read_text()):
+        name, kernel = site["kernel"], kernels[site["kernel"]]
+        fn = kernel.fn if hasattr(kernel, "configs") else kernel
+        types = site["types"]
+        constants = {k: int(t) for k, t in types.items() if t == "1"}
+        signature = {
+            p.name: "constexpr" if p.is_constexpr or p.name in constants else types[p.name] for p in fn.params
+        }
+        aligned = tuple(k for k, t in signature.items() if t.startswith("*"))
+        aligned += tuple(k for k in DIVISIBLE.get(name, ()) if signature.get(k) in ("i32", "i64"))
+        flags = ",".join(
+            [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in site["constexprs"].items()]
+            + [f"{k}=1" for k in constants]
+            + [f"{k.removesuffix('_ptr')}={t[1:]}" for k, t in types.items() if t in ("*bf16", "*fp16")]
         )
-    add(
-        "spectral_activation_backward_kernel[bf16]",
-        threshold.spectral_activation_backward_kernel,
-        {"BLOCK": 1024},
-        z_ptr="*bf16",
-    )
-    add("spectral_unpack_kernel[fp32]", packing.spectral_unpack_kernel, {"BLOCK": packing.BLOCK}, numel="i64")
-    for dtype in ("fp32", "bf16"):
-        add(
-            f"spectral_pack_kernel[{dtype}]",
-            packing.spectral_pack_kernel,
-            {"BLOCK": packing.BLOCK},
-            values_ptr=f"*{dtype}",
-            numel="i64",
-        )
-    P = spectral_product
-    roles = {
-        "forward": dict(X_PACKED=True, EPILOGUE=P.THRESHOLD, HAS_BIAS=True, ACTIVATION=True),
-        "forward_dense_input": dict(X_PACKED=False, EPILOGUE=P.THRESHOLD, HAS_BIAS=True, ACTIVATION=True),
-        "product": dict(X_PACKED=True, EPILOGUE=P.PLAIN, HAS_BIAS=True, ACTIVATION=False),
-        "input_grad_packed": dict(X_PACKED=True, EPILOGUE=P.PACKED_AT_MASK, HAS_BIAS=False, ACTIVATION=False),
-        "input_grad_dense": dict(X_PACKED=True, EPILOGUE=P.PLAIN, HAS_BIAS=False, ACTIVATION=False),
-    }
-    product = P.spectral_product_kernel
-    for role, flags in roles.items():
-        for config, warps, precision, tag in _tuned(product):
-            add(
-                f"spectral_product_kernel[{role},{precision},{tag}]",
-                product.fn,
-                {**flags, **config, "PRECISION": precision},
-                warps,
-                divisible=("stride_kf", "stride_kk", "N", "K", "Q"),
-                scale="fp32",
-                beta2="fp32",
-            )
-    wgrad = P.spectral_weight_grad_kernel
-    for x_packed in (True, False):
-        for config, warps, precision, tag in _tuned(wgrad):
-            add(
-                f"spectral_weight_grad_kernel[x_packed={int(x_packed)},{precision},{tag}]",
-                wgrad.fn,
-                {"X_PACKED": x_packed, "G_PACKED": True, "PRECISION": precision, **config},
-                warps,
-                divisible=("N", "K", "Q"),
-            )
+        base = {**site["constexprs"], **constants}
+        if not hasattr(kernel, "configs"):
+            out.append(Variant(f"{name}[{flags}]", fn, signature, base, aligned, WARPS.get(name, 4)))
+            continue
+        for config, warps, precision, tag in _tuned(kernel):
+            constexprs = {**base, **config, "PRECISION": precision}
+            label = f"{name}[{flags},{precision},{tag}]"
+            out.append(Variant(label, fn, signature, constexprs, aligned, warps))
     return out
 
 
@@ -201,11 +266,35 @@ def build(variant: Variant, arch: int, cubin_dir: Path | None = None) -> dict[st
     }
 
 
+_JOBS: list[tuple] = []  # (variant, arch, cubin folder): what main's forked workers build
+
+
+def _built_row(job: int) -> tuple[str, int, dict | str]:
+    """(variant name, arch, :func:`build`'s row or the error's first line) of ``_JOBS[job]``."""
+    variant, arch, cubin_dir = _JOBS[job]
+    try:
+        return variant.name, arch, build(variant, arch, cubin_dir)
+    except Exception as error:
+        text = str(error).strip()
+        return variant.name, arch, text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spectriton.kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--cubin-dir", type=Path, help="write every compiled cubin into this folder")
     parser.add_argument("--only", help="build only the variants whose name contains this text")
+    parser.add_argument(
+        "--record", action="store_true", help=f"record the call sites into {CALL_SITES.name} (interpreter)"
+    )
     args = parser.parse_args(argv)
+    if args.record:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            print("set TRITON_INTERPRET=1: the call sites are recorded on CPU", file=sys.stderr)
+            return 2
+        os.environ["SPECTRITON_BACKEND"] = "triton"
+        os.environ["SPECTRITON_CPU_FORMS"] = "0"
+        CALL_SITES.write_text(json.dumps(record_call_sites(), indent=1) + "\n")
+        return 0
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the ahead-of-time build needs the compiler", file=sys.stderr)
         return 2
@@ -220,14 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
-    for variant in chosen:
-        for arch in ARCHS:
-            try:
-                row = build(variant, arch, args.cubin_dir)
-            except Exception as error:  # a kernel that does not build is a row, not a crash
+    _JOBS[:] = [(variant, arch, args.cubin_dir) for variant in chosen for arch in ARCHS]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:  # forked: they see _JOBS
+        for variant, arch, row in pool.imap(_built_row, range(len(_JOBS))):
+            if isinstance(row, str):  # a kernel that does not build is a row, not a crash
                 failed += 1
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                print(f"{variant.name:<{width}} sm_{arch:<3} FAILED: {first}")
+                print(f"{variant:<{width}} sm_{arch:<3} FAILED: {row}")
                 continue
             failed += row["spills"] > 0
             print(

@@ -1,6 +1,7 @@
 """Every kernel builds ahead of time for sm_80 and sm_90, specialised as the JIT launches it:
 zero spills, tensor-core instructions in the product kernels (no GPU needed)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,22 @@ def test_refuses_to_build_under_the_interpreter():
         [sys.executable, "-m", "spectriton.kernels"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2 and "TRITON_INTERPRET" in result.stderr
+
+
+@pytest.mark.interpreter
+def test_the_build_covers_every_call_site(monkeypatch):
+    """Issue 25: the build is what runs. Every kernel specialisation the launchers produce
+    (argument types: bfloat16 or float32 values, dense or packed operands, i32 sizes, a first
+    layer's one input channel as the constant 1; constexprs) at the recorded call sites is
+    in ``kernels/call_sites.json``, which the build's variants are made from."""
+    from spectriton.kernels import build
+
+    monkeypatch.setenv("SPECTRITON_BACKEND", "triton")
+    monkeypatch.setenv("SPECTRITON_CPU_FORMS", "0")
+    recorded = build.record_call_sites()
+    committed = json.loads(build.CALL_SITES.read_text())
+    missing = [site for site in recorded if site not in committed]
+    assert not missing, f"not built (python -m spectriton.kernels --record): {missing}"
+    kinds = {(s["kernel"], s["types"].get("x_ptr"), s["types"].get("K")) for s in recorded}
+    assert ("spectral_product_kernel", "*bf16", "i32") in kinds  # packed bfloat16 values
+    assert ("spectral_product_kernel", "*fp32", "1") in kinds  # a first layer on one channel
