@@ -230,6 +230,7 @@ def sass_counts(cubin: bytes) -> dict[str, int]:
         "hmma": len(re.findall(r"\bHMMA\.", sass)),
         "hgmma": len(re.findall(r"\bHGMMA\.", sass)),
         "vector_loads": len(re.findall(r"\bLDG\.E\.(?:64|128)\b", sass)),
+        "popc": len(re.findall(r"\bPOPC\b", sass)),
     }
 
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(v.name) for v in chosen)
     header = (
         f"{'kernel':<{width}} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7} "
-        f"{'HMMA':>5} {'HGMMA':>5} {'LDG64+':>6}"
+        f"{'HMMA':>5} {'HGMMA':>5} {'LDG64+':>6} {'POPC':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -317,9 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant:<{width}} sm_{arch:<3} FAILED: {row}")
                 continue
             failed += row["spills"] > 0
+            counts = (row["shared"], row["hmma"], row["hgmma"], row["vector_loads"], row["popc"])
             print(
                 f"{row['kernel']:<{width}} {row['arch']:<6} {row['registers']:>5} {row['spills']:>6} "
-                f"{row['shared']:>7} {row['hmma']:>5} {row['hgmma']:>5} {row['vector_loads']:>6}",
+                + "{:>7} {:>5} {:>5} {:>6} {:>5}".format(*counts),
                 flush=True,
             )
     print(f"{failed} failure(s)" if failed else "all kernels built, no spills")

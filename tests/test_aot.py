@@ -37,7 +37,9 @@ def test_every_kernel_builds_for_sm80_and_sm90_without_spills_and_on_tensor_core
     }
     assert {row[1] for row in rows} == {"sm_80", "sm_90"}
     assert all(row[3] == "0" for row in rows), "a kernel spills"
-    for name, arch, _regs, _spills, _shared, hmma, hgmma, _loads in rows:
+    for name, arch, _regs, _spills, _shared, hmma, hgmma, _loads, popc in rows:
+        if "PACKED=1" in name or name.startswith(("spectral_pack_kernel", "spectral_unpack_kernel")):
+            assert int(popc) > 0, f"{name} on {arch} counts bits without POPC"
         if name.startswith(("spectral_product_kernel", "spectral_weight_grad_kernel")):
             tensor_core = int(hmma) + (int(hgmma) if arch == "sm_90" else 0)
             assert tensor_core > 0, f"{name} on {arch} has no tensor-core instruction"
