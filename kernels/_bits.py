@@ -14,14 +14,15 @@ import os
 import triton
 import triton.language as tl
 
-# The GPU's population count (POPC); the interpreter runs no PTX, so it counts by SWAR.
-HARDWARE_POPC = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+# Compiled for a GPU, not interpreted: the interpreter runs no PTX (no POPC, so it counts by
+# SWAR) and truncates float32 to bfloat16 where a GPU rounds to nearest even.
+COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 
 
 @triton.jit
 def popcount32(x):
     """Set bits of each uint32: one ``popc.b32`` on a GPU, the SWAR count interpreted."""
-    if HARDWARE_POPC:
+    if COMPILED:
         count = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], tl.uint32, is_pure=True, pack=1)
     else:
         x = x - ((x >> 1) & 0x55555555)
@@ -29,6 +30,18 @@ def popcount32(x):
         x = (x + (x >> 4)) & 0x0F0F0F0F
         count = (x * 0x01010101) >> 24
     return count
+
+
+@triton.jit
+def rounded_to(v, dtype: tl.constexpr):
+    """Float32 ``v`` in ``dtype``, rounded to nearest even as torch and a GPU round (the
+    interpreter's bfloat16 conversion truncates, so there the bits are rounded first; NaN
+    stays NaN)."""
+    if not COMPILED and dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        even = bits + 0x7FFF + ((bits >> 16) & 1)
+        v = tl.where(v != v, v, (even & 0xFFFF0000).to(tl.float32, bitcast=True))
+    return v.to(dtype)
 
 
 @triton.jit

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 import triton
 import triton.language as tl
-from spectriton.kernels._bits import stream_lookup
+from spectriton.kernels._bits import rounded_to, stream_lookup
 
 from spectriton.compressed import CompressedSpectrum, frequency_offsets, word_prefix
 from spectriton.numerics import spectrum_bins
@@ -38,9 +38,8 @@ def spectral_pack_kernel(dense_ptr, mask_ptr, prefix_ptr, values_ptr, numel, BLO
     kept, index = stream_lookup(mask_ptr, prefix_ptr, p, p < numel)
     pair = tl.arange(0, 2)
     v = tl.load(dense_ptr + 2 * p[:, None] + pair[None, :], mask=kept[:, None])
-    tl.store(
-        values_ptr + 2 * index[:, None] + pair[None, :], v.to(values_ptr.dtype.element_ty), mask=kept[:, None]
-    )
+    v = rounded_to(v, values_ptr.dtype.element_ty)
+    tl.store(values_ptr + 2 * index[:, None] + pair[None, :], v, mask=kept[:, None])
 
 
 def _pack_into(values: torch.Tensor, pairs: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor) -> None:

@@ -88,17 +88,19 @@ def kernel_spectra(
     """:func:`kernel_spectrum` of each tile in ``tiles``, one at a time: a tile is a run of
     frequencies and a run of output channels (a layer's tiles: :mod:`spectriton.ops.tiles`).
 
-    ``K^T[f] = sum_t E[f, t] w_t``: one complex GEMM of the rows of ``E`` (``conj(E)`` for
-    ``K^H``) by the tile's output channels of the weight as ``(O C, taps)`` (a complex copy
-    of those taps, the weight's size at most), written as ``(bins, O, C)`` at once: the
-    transient is the tile, and a tile reads only its channels' taps."""
+    ``K^T[f] = sum_t E[f, t] w_t``: for each frequency, a real GEMM of the tile's output
+    channels of the weight, ``(O C, taps)`` in its own layout, by that frequency's
+    ``(taps, [re, im])`` phases (``conj(E)`` for ``K^H``), written as interleaved
+    ``(bins, O, C)`` pairs at once: the transient is the tile, a tile reads only its
+    channels' taps, and each entry is the same dot product over the taps whatever the tile's
+    shape, so a sample's output does not depend on the batch the tiles are made for."""
     out_channels, channels, kh, kw = weight.shape
-    table = _table(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
+    table = _pairs(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
     rows = weight.reshape(out_channels, -1)
     for bins, outs in tiles:  # nothing of a tile held here once it is yielded
         phases = table[bins]
-        taps = rows[outs].reshape(-1, kh * kw).to(table.dtype)
-        spectra = (phases @ taps.T).view(phases.shape[0], -1, channels)
+        pairs = torch.matmul(rows[outs].reshape(-1, kh * kw), phases)  # (bins, O C, 2)
+        spectra = torch.view_as_complex(pairs).view(phases.shape[0], -1, channels)
         yield spectra if adjoint else spectra.mT
 
 
@@ -181,6 +183,14 @@ def _table(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
     phases = _phases(grid, kernel, shift, dtype, device)
     with torch.inference_mode(False):
         return phases if adjoint else phases.conj().resolve_conj()
+
+
+@functools.lru_cache(maxsize=256)
+def _pairs(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
+    """:func:`_table` as ``(bins, kh kw, 2)`` real ``[re, im]`` pairs, in ``dtype``."""
+    table = _table(grid, kernel, shift, dtype, device, adjoint)
+    with torch.inference_mode(False):
+        return torch.view_as_real(table).contiguous()
 
 
 @functools.lru_cache(maxsize=256)

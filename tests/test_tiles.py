@@ -50,7 +50,7 @@ def test_kernel_spectra_by_tiles_are_the_whole_one(adjoint, monkeypatch):
     joined = torch.zeros_like(whole)
     for t, part in zip(found, transforms.kernel_spectra(weight, GRID, (1, 2), adjoint, found), strict=True):
         joined[(t.bins, t.outs) if adjoint else (t.bins, slice(None), t.outs)] = part
-    torch.testing.assert_close(joined, whole, atol=1e-14, rtol=0)  # a complex GEMM's round-off by shape
+    torch.testing.assert_close(joined, whole, atol=0, rtol=0)
 
 
 def test_kernel_taps_by_tiles_add_up_to_the_adjoint(monkeypatch):
