@@ -88,20 +88,23 @@ def kernel_spectra(
     """:func:`kernel_spectrum` of each tile in ``tiles``, one at a time: a tile is a run of
     frequencies and a run of output channels (a layer's tiles: :mod:`spectriton.ops.tiles`).
 
-    ``K^T[f] = sum_t E[f, t] w_t``: for each frequency, a real GEMM of the tile's output
-    channels of the weight, ``(O C, taps)`` in its own layout, by that frequency's
-    ``(taps, [re, im])`` phases (``conj(E)`` for ``K^H``), written as interleaved
-    ``(bins, O, C)`` pairs at once: the transient is the tile, a tile reads only its
-    channels' taps, and each entry is the same dot product over the taps whatever the tile's
-    shape, so a sample's output does not depend on the batch the tiles are made for."""
+    ``K^T[f] = sum_t E[f, t] w_t``: one real GEMM of the ``[cos | sin]`` rows of ``E``
+    (``[cos | -sin]`` for ``K^H``) by the tile's output channels of the weight in its own
+    ``(O, C taps)`` layout, no copy of the weight, then the two planes interleaved: the
+    transient is the tile's planes, and a tile reads only its channels' taps."""
     out_channels, channels, kh, kw = weight.shape
-    table = _pairs(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
+    table = _planes(grid, (kh, kw), tuple(shift), weight.dtype, weight.device, adjoint)
     rows = weight.reshape(out_channels, -1)
     for bins, outs in tiles:  # nothing of a tile held here once it is yielded
-        phases = table[bins]
-        pairs = torch.matmul(rows[outs].reshape(-1, kh * kw), phases)  # (bins, O C, 2)
-        spectra = torch.view_as_complex(pairs).view(phases.shape[0], -1, channels)
-        yield spectra if adjoint else spectra.mT
+        yield _tile_spectra(table[bins], rows[outs].reshape(-1, kh * kw), channels, adjoint)
+
+
+def _tile_spectra(table: torch.Tensor, flat: torch.Tensor, channels: int, adjoint: bool) -> torch.Tensor:
+    """One tile of :func:`kernel_spectra` from its rows of ``_planes`` and its output
+    channels' ``(O C, taps)``: the real planes, then interleaved."""
+    planes = (table.reshape(-1, flat.shape[1]) @ flat.T).view(table.shape[0], 2, -1)
+    spectra = torch.complex(planes[:, 0], planes[:, 1]).view(table.shape[0], -1, channels)
+    return spectra if adjoint else spectra.mT
 
 
 def is_pointwise(kernel: Sequence[int], shift: Sequence[int]) -> bool:
@@ -178,28 +181,13 @@ def _phases(grid, kernel, shift, dtype, device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _table(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
-    """``E`` (for ``K``) or ``conj(E)`` (for ``K^H``): complex ``(bins, kh kw)`` (:func:`_phases`)."""
+def _planes(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
+    """:func:`_phases` as real planes ``(bins, 2, kh kw)``: ``[cos, sin]`` (``E``, for
+    ``K``) or ``[cos, -sin]`` (``conj(E)``, for ``K^H``), in ``dtype``."""
     phases = _phases(grid, kernel, shift, dtype, device)
     with torch.inference_mode(False):
-        return phases if adjoint else phases.conj().resolve_conj()
-
-
-@functools.lru_cache(maxsize=256)
-def _pairs(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
-    """:func:`_table` as ``(bins, kh kw, 2)`` real ``[re, im]`` pairs, in ``dtype``."""
-    table = _table(grid, kernel, shift, dtype, device, adjoint)
-    with torch.inference_mode(False):
-        return torch.view_as_real(table).contiguous()
-
-
-@functools.lru_cache(maxsize=256)
-def _planes(grid, kernel, shift, dtype, device, adjoint: bool) -> torch.Tensor:
-    """:func:`_table` as real planes ``(bins, 2, kh kw)``: ``[cos, sin]`` (``E``, for
-    ``K``) or ``[cos, -sin]`` (``conj(E)``, for ``K^H``), in ``dtype``."""
-    table = _table(grid, kernel, shift, dtype, device, adjoint)
-    with torch.inference_mode(False):
-        return torch.view_as_real(table).permute(0, 2, 1).contiguous()
+        planes = torch.view_as_real(phases if adjoint else phases.conj().resolve_conj())
+        return planes.permute(0, 2, 1).contiguous()
 
 
 def _span(size: int) -> tuple[int, ...]:
