@@ -165,3 +165,22 @@ def test_a_second_batch_size_recompiles_whole():
     for n in (8, 5):
         x, _ = _batch(n=n)
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_the_exact_drop_in_compiles_whole_with_its_exact_zeros():
+    """A linear layer sets its output to the bias where its receptive field is all zeros,
+    in place and outside autograd: compiled, it gives eager's outputs and gradients, and
+    ``nn.Conv2d``'s exact values there."""
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(3, 4, 3, padding=1)
+    x = torch.relu(torch.randn(2, 3, 12, 12))
+    x[0, :, 4:] = 0
+    x.requires_grad_()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    got, want = compiled(x), layer(x)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    dead = F.conv2d(x, layer.weight, layer.bias, padding=1) == layer.bias.view(-1, 1, 1)
+    assert dead.any() and torch.equal(got[dead], layer.bias.view(-1, 1, 1).expand_as(got)[dead])
+    grads = [torch.autograd.grad(y.relu().sum(), [x, layer.weight]) for y in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
