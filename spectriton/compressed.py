@@ -276,16 +276,15 @@ class CompressedSpectrum:
         unpacked alone: a tile's worth of memory, for two reads of ``offsets`` (none for
         every row)."""
         per_bin = self.batch * self.channels
+        count = (run.stop - run.start) * per_bin
+        if self.nnz == self.numel:  # every entry kept: the values are the spectrum, no offsets read
+            values = self.values[run.start * per_bin : run.stop * per_bin]
+            dense = torch.view_as_complex(values.to(self.dense_dtype.to_real(), copy=True))
+            return dense.view(run.stop - run.start, self.batch, self.channels)
         values = self.values
         if (run.start, run.stop) != (0, self.bins):  # a part: its values start at an offset
             first, last = self.offsets[[run.start, run.stop]].tolist()
             values = values[first:last]
-        count = (run.stop - run.start) * per_bin
-        if self.nnz == self.numel:  # every entry kept: the values are the spectrum
-            if values.shape[0] > count:
-                values = values[run.start * per_bin : run.stop * per_bin]
-            dense = torch.view_as_complex(values.to(self.dense_dtype.to_real(), copy=True))
-            return dense.view(run.stop - run.start, self.batch, self.channels)
         values = torch.view_as_complex(values.to(self.dense_dtype.to_real()))
         dense = torch.zeros(count, dtype=self.dense_dtype, device=self.values.device)
         keep = unpack_bits(self.mask, count, run.start * per_bin)
