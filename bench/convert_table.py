@@ -93,11 +93,14 @@ def short_run(model: nn.Module, data: FashionMNIST32, epochs: int = 1, batch: in
 
 def options_of(text: str) -> dict:
     """``convert``'s keyword arguments from ``defaults`` or ``name=value[;name=value]``
-    (``density=0.1``, ``beta=0.3;affine=False``)."""
+    (``density=0.1``, ``beta=0.3;affine=False``, ``value_dtype=bfloat16``: a dtype by name)."""
     if text == "defaults":
         return {}
     pairs = (item.split("=", 1) for item in text.split(";"))
-    return {name: ast.literal_eval(value) for name, value in pairs}
+    return {
+        name: getattr(torch, value) if name == "value_dtype" else ast.literal_eval(value)
+        for name, value in pairs
+    }
 
 
 def row(

@@ -27,10 +27,8 @@ import torchvision
 
 import spectriton
 from spectriton import models
-from spectriton.checkpointing import checkpoint_blocks, checkpoint_children
+from spectriton.checkpointing import checkpoint_blocks, checkpoint_stages
 from spectriton.memory import peak_step_bytes, resident_step_bytes, saved_bytes
-
-STAGES = ["layer1", "layer2", "layer3", "layer4"]
 
 
 def forms(model: str) -> dict[str, torch.nn.Module]:
@@ -42,15 +40,11 @@ def forms(model: str) -> dict[str, torch.nn.Module]:
         torch.manual_seed(0)
         return torchvision.models.resnet18(num_classes=10)
 
-    checkpointed = resnet()  # the stem as one module, in conv1's place
-    stem = torch.nn.Sequential(checkpointed.conv1, checkpointed.bn1, checkpointed.relu, checkpointed.maxpool)
-    checkpointed.conv1, checkpointed.bn1 = stem, torch.nn.Identity()
-    checkpointed.relu, checkpointed.maxpool = torch.nn.Identity(), torch.nn.Identity()
     return {
         "original": resnet(),
-        "checkpoint": checkpoint_children(checkpointed, ["conv1", *STAGES]),
+        "checkpoint": checkpoint_stages(resnet()),
         "converted": spectriton.convert(resnet()),
-        "converted+ckpt": checkpoint_children(spectriton.convert(resnet()), STAGES),
+        "converted+ckpt": checkpoint_stages(spectriton.convert(resnet())),
     }
 
 

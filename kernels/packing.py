@@ -14,7 +14,7 @@ import triton.language as tl
 from spectriton.kernels._bits import rounded_to, stream_lookup
 
 from spectriton.compressed import CompressedSpectrum, frequency_offsets, word_prefix
-from spectriton.numerics import spectrum_bins
+from spectriton.numerics import as_carried, spectrum_bins
 from spectriton.nvtx import ranged
 
 BLOCK = 512
@@ -49,12 +49,12 @@ def _pack_into(values: torch.Tensor, pairs: torch.Tensor, mask: torch.Tensor, pr
 
 @ranged("unpack")
 def unpack(spectrum: CompressedSpectrum) -> torch.Tensor:
-    """Triton twin of :func:`spectriton.reference.unpack`."""
+    """Triton twin of :func:`spectriton.reference.unpack` (8-bit values read as bfloat16)."""
     shape = (spectrum.bins, spectrum.batch, spectrum.channels)
     dense = torch.empty(shape, dtype=spectrum.dense_dtype, device=spectrum.values.device)
     if spectrum.numel:
         spectral_unpack_kernel[(triton.cdiv(spectrum.numel, BLOCK),)](
-            spectrum.values, spectrum.mask, word_prefix(spectrum.mask), torch.view_as_real(dense),
+            as_carried(spectrum.values), spectrum.mask, word_prefix(spectrum.mask), torch.view_as_real(dense),
             spectrum.numel, BLOCK=BLOCK,
         )  # fmt: skip
     return dense

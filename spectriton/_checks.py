@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 ACTIVATIONS = (None, "split_tanh")
-VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16)
+VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 
 
 def describe(value: object) -> str:
@@ -102,14 +102,15 @@ class _DefaultBeta(float):
         return repr(float(self))
 
 
-DEFAULT_BETA = _DefaultBeta(0.7)
+DEFAULT_BETA = _DefaultBeta(0.7)  # SpecNet's, the zoo's
+CONVERT_BETA = _DefaultBeta(0.3)  # convert's, in standard deviations of a normalised channel
 
 
 def beta_or_density(beta_value: float, density_value: float | None) -> tuple[float, float | None]:
     """Check a ``beta=`` / ``density=`` pair: at most one of them given by the caller."""
     density_value = density(density_value)
     if density_value is not None:
-        if beta_value is not DEFAULT_BETA:
+        if not isinstance(beta_value, _DefaultBeta):
             raise ValueError("give either beta or density, not both")
         return 0.0, density_value
     return beta(beta_value), None

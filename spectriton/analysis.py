@@ -14,6 +14,7 @@ from torch import nn
 
 from spectriton import _checks, pooling
 from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequential, stays_spatial
+from spectriton.numerics import EIGHT_BIT
 from spectriton.registry import PATTERNS, Site
 from spectriton.report import Plan, PlanRow, layer_reason
 from spectriton.rewrite import ContainerEdit, copy_hooks, join
@@ -75,11 +76,11 @@ def options(model, beta, activation, density, filter_fn, value_dtype, normalize,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if filter_fn is not None:
         _checks.function(filter_fn, "filter_fn", "filter_fn(module, qualified_name) -> bool")
-    default_beta = beta is _checks.DEFAULT_BETA
+    default_beta = beta is _checks.CONVERT_BETA
     beta, density = _checks.beta_or_density(beta, density)
     activation = _checks.activation(activation)
-    if value_dtype is None and activation is not None:  # SpecNet mode: bfloat16 values by default
-        value_dtype = torch.bfloat16
+    if value_dtype is None and activation is not None:  # SpecNet mode: 8-bit values by default
+        value_dtype = EIGHT_BIT
     normalize, affine = _checks.boolean(normalize, "normalize"), _checks.boolean(affine, "affine")
     value_dtype = _checks.value_dtype(value_dtype)
     return Options(beta, density, activation, value_dtype, filter_fn, normalize, affine, default_beta)

@@ -148,7 +148,7 @@ def _outweighs_input(layers: list[SpectralConv2d], x: torch.Tensor, residual: to
             continue
         strided = index == len(layers) - 1 and geom.strided
         bins = geom.of_output().bins if strided else geom.bins
-        pair = 2 * (2 if layer.value_dtype is not None else real)
+        pair = 2 * (layer.value_dtype.itemsize if layer.value_dtype is not None else real)
         spectral += layer.last_density * x.shape[0] * layer.out_channels * bins * pair
     dense = x.shape[0] * layers[-1].out_channels * math.prod(geom.out) * x.element_size()
     if residual is not None and residual is not x and provenance.lookup(residual) is None:

@@ -2,7 +2,8 @@
 
 :func:`checkpoint_blocks` wraps each block of a zoo network (a stage up to its pool, or a
 dense layer) in ``torch.utils.checkpoint`` (non-reentrant): backward recomputes the block
-from its input, which is all the block keeps.
+from its input, which is all the block keeps. :func:`checkpoint_stages` does a ResNet's
+stem and stages.
 
 The checkpoint's input is handed to autograd too (:func:`spectriton.recompute.recomputed`),
 so that :func:`spectriton.memory.saved_bytes` counts what checkpointing really keeps.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spectriton.conv import SpectralConv2d
 from spectriton.models import DenseLayer
 from spectriton.pooling import CompactMaxPool2d
 from spectriton.recompute import recomputed
@@ -42,6 +44,21 @@ def checkpoint_children(model: nn.Module, names: list[str]) -> nn.Module:
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, child, Checkpointed(getattr(owner, child)))
     return model
+
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")  # a ResNet's, as torchvision names them
+
+
+def checkpoint_stages(model: nn.Module) -> nn.Module:
+    """A ResNet as torchvision lays it out with its stem (``conv1``, ``bn1``, ``relu`` and
+    ``maxpool``, made one module in ``conv1``'s place) and each of its stages checkpointed,
+    in place: the usual baseline. A converted ResNet's stages only: its stem is one
+    spectral block already, in a rewritten forward."""
+    converted = any(isinstance(m, SpectralConv2d) for m in model.modules())
+    if not converted:
+        model.conv1 = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
+    return checkpoint_children(model, [*([] if converted else ["conv1"]), *STAGES])
 
 
 def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:

@@ -101,7 +101,7 @@ def _choice(options: tuple[str, ...], what: str):
 
 
 def _training_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=_choice(models.MODELS, "model"), default="lenet5")
+    parser.add_argument("--model", type=_choice(models.MODELS + models.CONVERTED, "model"), default="lenet5")
     parser.add_argument("--dataset", type=_choice(datasets.DATASETS, "dataset"), default="sample")
     parser.add_argument("--data-dir", help="folder holding the dataset's files")
     parser.add_argument("--download", action="store_true", help="fetch the dataset with torchvision")
@@ -292,9 +292,10 @@ def _memory(args) -> None:
 def _value_dtype_argument(parser) -> None:
     parser.add_argument(
         "--value-dtype",
-        choices=("bfloat16", "float16", "complex64"),
+        choices=("bfloat16", "float16", "float8_e4m3fn", "complex64"),
         default="bfloat16",
-        help="how Spec forms store kept values (default bfloat16: 4 bytes; complex64: 8, full precision)",
+        help="how Spec forms store kept values (default bfloat16: 4 bytes; float8_e4m3fn: 2; "
+        "complex64: 8, full precision)",
     )
 
 

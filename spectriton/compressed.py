@@ -25,10 +25,10 @@ import functools
 import torch
 
 from spectriton import _checks
-from spectriton.numerics import complex_dtype, half_spectrum, spectrum_bins
+from spectriton.numerics import complex_dtype, half_spectrum, spectrum_bins, stored_as
 
 WORD_BITS = 32
-VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 
 
 def mask_words(numel: int) -> int:
@@ -117,7 +117,8 @@ class CompressedSpectrum:
     """A thresholded half spectrum, stored compactly (see the module docstring).
 
     ``values`` may be float32 pairs (complex64, the default), float64 pairs (complex128,
-    used by gradcheck) or bfloat16 / float16 pairs (4 bytes per entry). Build one with
+    used by gradcheck), bfloat16 / float16 pairs (4 bytes per entry) or float8_e4m3fn pairs
+    (2 bytes). Build one with
     :meth:`from_dense`, read it back with :meth:`to_dense`. The constructor checks that its
     parts are consistent (shapes, dtypes, offsets against the mask's popcounts: O(numel));
     the library's own call sites, whose tensors are right by construction, use
@@ -198,7 +199,8 @@ class CompressedSpectrum:
         """Compress a complex ``(batch, channels, P0, P1 // 2 + 1)`` spectrum.
 
         ``keep`` (bool, same shape) picks the stored entries; by default the non-zero ones.
-        ``value_dtype``: None keeps the spectrum's precision, or bfloat16 / float16 pairs.
+        ``value_dtype``: None keeps the spectrum's precision, or bfloat16 / float16 /
+        float8_e4m3fn pairs (8-bit ones saturate, :func:`~spectriton.numerics.stored_as`).
         """
         grid = _checks.pair(grid, "grid", minimum=1)
         half = half_spectrum(grid)
@@ -317,9 +319,7 @@ def compact_whole(
     """:func:`compact` keeping every entry (beta 0): the values in stream order are the
     frequency-major spectrum itself, so nothing is selected."""
     bins, batch, channels = dense.shape
-    values = activate(as_pairs(dense.reshape(-1)))
-    if value_dtype is not None:
-        values = values.to(value_dtype)
+    values = stored_as(activate(as_pairs(dense.reshape(-1))), value_dtype)
     offsets = torch.arange(bins + 1, dtype=torch.int64, device=dense.device) * (batch * channels)
     return CompressedSpectrum._trusted(
         values, full_mask(dense.numel(), dense.device), offsets, batch, channels, grid
@@ -340,8 +340,7 @@ def compact(
     """
     bins, batch, channels = dense.shape
     values = activate(as_pairs(dense.resolve_conj().reshape(-1).masked_select(keep.reshape(-1))))
-    if value_dtype is not None:
-        values = values.to(value_dtype)
+    values = stored_as(values, value_dtype)
     counts = keep.reshape(bins, -1).view(torch.uint8).sum(-1, dtype=torch.int32)  # 5x a bool sum
     return CompressedSpectrum._trusted(
         values, pack_bits(keep), offsets_from_counts(counts), batch, channels, grid

@@ -14,10 +14,11 @@ style of torchao's ``convert_to_float8_training``), and edits it in place:
   takes each bypassed module's name and state_dict keys;
   consecutive such convolutions at one resolution share one spectral block; a
   convolution followed by neither keeps a threshold but no activation.
-  At the default ``beta`` (standard deviations of a normalised channel), a convolution
-  that folds no BatchNorm is converted exactly instead (beta 0, no activation, what
-  follows it stays): its spectrum has no scale for that beta (absolute, 0.7 keeps nothing
-  of a deep layer's); a ``density`` budget or a ``beta`` the caller gives thresholds it.
+  At the default ``beta`` (0.3 standard deviations of a normalised channel), a
+  convolution that folds no BatchNorm is converted exactly instead (beta 0, no activation,
+  what follows it stays): its spectrum has no scale for that beta (an absolute threshold
+  keeps much or nothing of a layer's, as the weights' scale goes); a ``density`` budget or
+  a ``beta`` the caller gives thresholds it.
   A dense block (DenseNet's pattern) becomes one spectral dense block: every source kept
   compressed once, no concatenated copies. ``MaxPool2d``
   (overlapping windows and padding included) becomes the compact pool, ``AvgPool2d`` one
@@ -64,7 +65,7 @@ __all__ = ["EXACT", "HOOKS", "Plan", "PlanRow", "convert", "plan", "revert"]
 def plan(
     model: nn.Module,
     *,
-    beta: float = _checks.DEFAULT_BETA,
+    beta: float = _checks.CONVERT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -82,7 +83,7 @@ def plan(
 def convert(
     model: nn.Module,
     *,
-    beta: float = _checks.DEFAULT_BETA,
+    beta: float = _checks.CONVERT_BETA,
     activation: str | None = "split_tanh",
     density: float | None = None,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -98,7 +99,8 @@ def convert(
     default, a layer that absorbs no BatchNorm (linear mode: every layer) is converted
     exactly, with no threshold and no activation. ``density`` replaces it by a per-layer
     budget of kept entries.
-    ``value_dtype`` None stores kept values as bfloat16 pairs in SpecNet mode and exactly in
+    ``value_dtype`` None stores kept values as 8-bit pairs (``torch.float8_e4m3fn``, carried
+    between layers as bfloat16; :mod:`spectriton.numerics`) in SpecNet mode and exactly in
     linear mode (``torch.complex64`` asks for full precision in both). ``normalize`` (SpecNet
     mode) makes each layer that absorbs a BatchNorm a normalised one
     (:class:`~spectriton.SpectralConv2d`'s ``normalize``): it divides each channel by its

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from spectriton import datasets, models
-from spectriton.checkpointing import checkpoint_blocks
+from spectriton.checkpointing import checkpoint_blocks, checkpoint_stages
 from spectriton.conv import SpectralConv2d
 from spectriton.memory import largest_batch, peak_step_bytes, saved_bytes
 
@@ -134,7 +134,9 @@ def build_model(settings: Settings, form: Form, channels: int) -> nn.Module:
         options["value_dtype"] = getattr(torch, settings.value_dtype or "complex64")
         options.update(density=form.density) if form.density is not None else options.update(beta=form.beta)
     model = models.build(settings.model, **options)
-    return checkpoint_blocks(model) if form.checkpoint else model
+    if not form.checkpoint:
+        return model
+    return checkpoint_stages(model) if settings.model in models.CONVERTED else checkpoint_blocks(model)
 
 
 def evaluate(model: nn.Module, dataset, settings: Settings) -> float:

@@ -26,7 +26,7 @@ from spectriton import _checks, provenance, transforms
 from spectriton.exact_zeros import bias_where_dead_
 from spectriton.geometry import BlockGeometry, LayerShape, block_geometry
 from spectriton.nonfinite import mark_nonfinite, nonfinite_samples
-from spectriton.numerics import compute_dtype
+from spectriton.numerics import EIGHT_BIT, compute_dtype
 from spectriton.ops.layer import layer
 from spectriton.ops.output import output
 from spectriton.ops.spec import LayerSpec, to_named
@@ -53,6 +53,7 @@ class SpectralFlow:
     recipe: provenance.Recipe | None = None
     keeps_values: bool = False
     moments: torch.Tensor | None = None
+    stored: torch.Tensor | None = None  # 8-bit values, what backward keeps of them
 
     @classmethod
     def start(cls, x: torch.Tensor, shapes: Sequence[LayerShape]) -> SpectralFlow:
@@ -154,8 +155,9 @@ def spectral_layer(
     rebuild = recipe.tensors() if recipe is not None else None
     optional = {"running": running, "moments": moments, "affine": affine, "residual": spectrum}
     optional |= {f"rebuild{i}": part for i, part in enumerate(rebuild or [])}
+    optional |= {f"stored{i}": s.stored for i, s in enumerate(sources)}
     names, named = to_named(optional)
-    values, mask, offsets, used, batch_moments = layer(
+    values, mask, offsets, used, batch_moments, stored = layer(
         spec.encode(), weight, bias, [s.values for s in sources], [s.mask for s in sources],
         [s.offsets for s in sources], named, names=names, beta=spec.beta, density=spec.density,
         geometry=crop.to_args(), batch=first.batch, recipe=recipe.args.encode() if rebuild else [],
@@ -164,6 +166,7 @@ def spectral_layer(
         values, mask, offsets, first.batch, weight.shape[0], target, geom, first.dtype, used,
         first.memory_format, first.nonfinite, keeps_values=spec.activation,
         moments=batch_moments if moments is not None else None,
+        stored=stored if value_dtype == EIGHT_BIT else None,
     )  # fmt: skip
 
 
@@ -179,7 +182,7 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(device)
     channels_last = flow.memory_format == torch.channels_last
     y = output(
-        flow.values, flow.mask, flow.offsets, batch=flow.batch, channels=flow.channels,
+        flow.values, flow.mask, flow.offsets, flow.stored, batch=flow.batch, channels=flow.channels,
         geometry=geom.to_args(), dtype=dtype, channels_last=channels_last, keep_values=flow.keeps_values,
     )  # fmt: skip
     if flow.nonfinite is None:
@@ -187,7 +190,8 @@ def spectral_output(flow: SpectralFlow) -> torch.Tensor:
     y = mark_nonfinite(y, flow.nonfinite)  # split tanh saturates an infinite entry
     if flow.keeps_values and torch.is_grad_enabled():  # the next block may keep this recipe instead of y
         args = provenance.RecipeArgs(flow.batch, flow.channels, geom, channels_last)
-        provenance.record(y, provenance.Recipe.of(flow.values, flow.mask, flow.offsets, flow.nonfinite, args))
+        values = flow.values if flow.stored is None else flow.stored  # what the output op keeps
+        provenance.record(y, provenance.Recipe.of(values, flow.mask, flow.offsets, flow.nonfinite, args))
     return y
 
 

@@ -9,6 +9,10 @@ values are stored as bfloat16 pairs unless ``value_dtype=torch.complex64`` asks 
 precision (README, Defaults, has the measurements behind this). Both are
 ``nn.Sequential(features, classifier)``, so memory tables read ``features.0.0`` etc.
 LeNet takes 28 x 28 inputs, the others 32 x 32.
+
+:data:`CONVERTED` names models users already have, built from torchvision, whose Spec form
+is what :func:`spectriton.convert` makes of them (at its defaults where ``beta``,
+``density`` and ``value_dtype`` are left out), for ``spectriton train`` and ``compare``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequenti
 from spectriton.pooling import CompactMaxPool2d
 
 MODELS = ("lenet5", "alexnet", "vgg16", "densenet")
+CONVERTED = ("resnet18",)  # torchvision's, converted (needs torchvision)
 
 
 def _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes) -> dict:
@@ -194,13 +199,44 @@ def densenet(
     return _network(features, [nn.Linear(stem + layers * growth, num_classes)])
 
 
-def build(name: str, **options) -> nn.Sequential:
-    """One of :data:`MODELS` by name, with the builder's options."""
+def converted(
+    name: str,
+    spectral: bool = False,
+    beta: float = _checks.CONVERT_BETA,
+    density: float | None = None,
+    value_dtype: torch.dtype | None = None,
+    in_channels: int = 1,
+    num_classes: int = 10,
+) -> nn.Module:
+    """torchvision's model ``name`` (one of :data:`CONVERTED`) with its stem taking
+    ``in_channels``, freshly initialised; ``spectral``: as :func:`spectriton.convert`
+    makes it with these options."""
+    import torchvision
+
+    from spectriton.convert import convert
+
+    _checks.boolean(spectral, "spectral")
+    _checks.positive_int(in_channels, "in_channels")
+    model = getattr(torchvision.models, name)(num_classes=_checks.positive_int(num_classes, "num_classes"))
+    if in_channels != model.conv1.in_channels:
+        stem = model.conv1
+        model.conv1 = nn.Conv2d(
+            in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False
+        )
+    if not spectral:
+        return model
+    return convert(model, beta=beta, density=density, value_dtype=value_dtype)
+
+
+def build(name: str, **options) -> nn.Module:
+    """One of :data:`MODELS` or :data:`CONVERTED` by name, with the builder's options."""
+    if name in CONVERTED:
+        return converted(name, **options)
     if name not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+        raise ValueError(f"model must be one of {MODELS + CONVERTED}, got {name!r}")
     return globals()[name](**options)
 
 
 def input_size(name: str) -> int:
-    """Side of the square input a zoo model takes: 28 for LeNet, 32 for the others."""
+    """Side of the square input a model takes: 28 for LeNet, 32 for the others."""
     return 28 if name == "lenet5" else 32

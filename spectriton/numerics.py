@@ -52,6 +52,30 @@ def scaled_threshold(beta: float | torch.Tensor):
     return scale, scaled * scaled
 
 
+EIGHT_BIT = torch.float8_e4m3fn  # the 8-bit value dtype: kept as it is, carried as bfloat16
+
+
+def carried_dtype(value_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype kept values flow in between layers: 8-bit values flow as bfloat16 (each an
+    exact 8-bit number), so that their gradients stay bfloat16; any other as it is stored."""
+    return torch.bfloat16 if value_dtype == EIGHT_BIT else value_dtype
+
+
+def as_carried(values: Tensor) -> Tensor:
+    """Kept values as layers compute with them: 8-bit ones as the bfloat16 numbers they are."""
+    return values.to(torch.bfloat16) if values.dtype == EIGHT_BIT else values
+
+
+def stored_as(values: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """Kept values in the value dtype ``dtype`` (None: as they are). The 8-bit one saturates:
+    a magnitude above its largest finite number becomes that number (a plain conversion
+    makes it NaN); NaN stays NaN."""
+    if dtype == EIGHT_BIT:
+        largest = torch.finfo(dtype).max
+        values = values.clamp(-largest, largest)
+    return values if dtype is None else values.to(dtype)
+
+
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precisions compute in float32)."""
     double = any(t is not None and t.dtype == torch.float64 for t in tensors)

@@ -187,3 +187,22 @@ def keep(model, policy: str):
         if isinstance(module, SpectralConv2d):
             module.keep = policy
     return model
+
+
+def two_block_specnet(value_dtype, normalize: bool = False, beta: float = 0.5):
+    """A small SpecNet: two blocks (the first ending in a strided layer) and a pool between
+    them, so that the second block rebuilds its input from the first one's spectrum."""
+    import spectriton as st
+
+    torch.manual_seed(1)
+    options = dict(
+        beta=beta, activation="split_tanh", value_dtype=value_dtype, normalize=normalize, affine=normalize
+    )
+    return torch.nn.Sequential(
+        st.SpectralSequential(
+            st.SpectralConv2d(3, 6, 3, padding=1, **options),
+            st.SpectralConv2d(6, 4, 3, padding=1, stride=2, **options),
+        ),
+        st.CompactMaxPool2d(2),
+        st.SpectralSequential(st.SpectralConv2d(4, 3, 3, padding=1, **options)),
+    )

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import keep
-from torch import nn
+from conftest import keep, two_block_specnet
 
 import spectriton as st
 from spectriton.memory import saved_bytes
@@ -20,25 +19,8 @@ def _run(model, x, backend, monkeypatch):
     return y, grads, report
 
 
-def _specnet(value_dtype, normalize=False):
-    torch.manual_seed(1)
-    options = dict(
-        beta=0.5, activation="split_tanh", value_dtype=value_dtype, normalize=normalize, affine=normalize
-    )
-    return nn.Sequential(
-        st.SpectralSequential(
-            st.SpectralConv2d(3, 6, 3, padding=1, **options),
-            st.SpectralConv2d(6, 4, 3, padding=1, stride=2, **options),
-        ),
-        st.CompactMaxPool2d(2),
-        st.SpectralSequential(  # rebuilds its input from the first block's spectrum in backward
-            st.SpectralConv2d(4, 3, 3, padding=1, **options)
-        ),
-    )
-
-
 def test_specnet_block_matches_across_backends(monkeypatch):
-    model = _specnet(None)
+    model = two_block_specnet(None)
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
     model(x)  # a first step: what each layer keeps, which decides what a block keeps, is known
     y_t, g_t, r_t = _run(model, x, "torch", monkeypatch)
@@ -50,7 +32,7 @@ def test_specnet_block_matches_across_backends(monkeypatch):
 
 
 def test_normalised_layers_with_their_affine_match_across_backends(monkeypatch):
-    model = _specnet(None, normalize=True)
+    model = two_block_specnet(None, normalize=True)
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
     with torch.no_grad():
         model(x)  # calibrates the running moments; eval mode then uses them as they are
@@ -66,21 +48,25 @@ def test_normalised_layers_with_their_affine_match_across_backends(monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
-def test_bf16_values_match_layer_by_layer(monkeypatch):
-    """Both backends round to bfloat16; a value one rounding step apart may flip a keep
-    decision downstream, so compare each layer's compressed output, not the block's end."""
+@pytest.mark.parametrize(
+    "value_dtype,step", [(torch.bfloat16, 2**-7), (torch.float8_e4m3fn, 2**-3)], ids=["bfloat16", "e4m3"]
+)
+def test_low_precision_values_match_layer_by_layer(value_dtype, step, monkeypatch):
+    """Both backends round to bfloat16 (then to e4m3); a value one rounding step apart may
+    flip a keep decision downstream, so compare each layer's compressed output, not the
+    block's end. 8-bit values are carried as bfloat16 and kept as e4m3 on both."""
     from spectriton.functional import SpectralFlow
 
-    block = _specnet(torch.bfloat16)[0]
+    block = two_block_specnet(value_dtype)[0]
     flow = SpectralFlow.start(torch.randn(2, 3, 9, 9), [layer.shape for layer in block])
     for layer in block:  # each layer gets the same (reference) input on both backends
         monkeypatch.setenv("SPECTRITON_BACKEND", "triton")
         b = layer(flow)
         monkeypatch.setenv("SPECTRITON_BACKEND", "torch")
         a = flow = layer(flow)
-        assert b.values.dtype == torch.bfloat16
-        assert torch.equal(a.mask, b.mask)
-        torch.testing.assert_close(b.values.float(), a.values.float(), atol=0, rtol=2**-7)
+        assert b.values.dtype == torch.bfloat16 and torch.equal(a.mask, b.mask)
+        assert (b.stored is None) == (value_dtype == torch.bfloat16)
+        torch.testing.assert_close(b.values.float(), a.values.float(), atol=0, rtol=step)
 
 
 def test_lenet_sized_layer_matches_across_backends(monkeypatch):

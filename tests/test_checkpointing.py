@@ -64,3 +64,23 @@ def test_a_converted_model_under_torch_checkpoint_trains_as_without_it():
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
         for a, b in zip(wrapped.buffers(), plain.buffers(), strict=True):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("converted", [False, True], ids=["original", "converted"])
+def test_a_resnet_with_its_stem_and_stages_checkpointed_computes_the_same(converted):
+    """``checkpoint_stages``: the usual baseline (stem and stages), and a converted ResNet's
+    stages, whose blocks rebuild their inputs from the blocks before in forward and replay."""
+    torchvision = pytest.importorskip("torchvision")
+    import copy
+
+    import spectriton
+    from spectriton.checkpointing import checkpoint_stages
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).double()
+    model = spectriton.convert(model) if converted else model
+    wrapped = checkpoint_stages(copy.deepcopy(model))
+    assert sum(isinstance(m, Checkpointed) for m in wrapped.modules()) == (4 if converted else 5)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for a, b in zip(_outputs_and_grads(wrapped, x), _outputs_and_grads(model, x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

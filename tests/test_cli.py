@@ -149,6 +149,25 @@ def test_train_resumes_from_its_checkpoint(capsys, tmp_path):
     assert "accuracy" in out
 
 
+def test_train_runs_a_converted_torchvision_model(capsys, tmp_path):
+    pytest.importorskip("torchvision")
+    argv = ["train", "--model", "resnet18", "--spectral", "--beta", "0.3", "--value-dtype", "float8_e4m3fn"]
+    argv += [
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    assert len(json.loads((tmp_path / "spec-beta0.3.json").read_text())["history"]) == 1
+
+
 def test_resume_refuses_other_settings_and_damaged_files(capsys, tmp_path):
     argv = ["compare", *TINY, "--betas", "0.7", "--out", str(tmp_path)]
     assert run_cli(capsys, *argv)[0] == 0

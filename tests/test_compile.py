@@ -2,6 +2,7 @@
 captured as one graph (fullgraph=True) and gives the eager results (issue 17, class 10)."""
 
 import copy
+import dataclasses
 import shutil
 
 import pytest
@@ -83,7 +84,26 @@ def test_output_op_passes_opcheck():
     geom = BlockGeometry(size=(8, 8), grid=(10, 10), offset=(2, 2), full=(8, 8), stride=(1, 1))
     options = {"batch": 2, "channels": 4, "geometry": geom.to_args(), "dtype": torch.float32}
     options |= {"channels_last": False, "keep_values": True}
-    torch.library.opcheck(output, (values, mask, offsets), options)
+    torch.library.opcheck(output, (values, mask, offsets, None), options)
+
+
+def test_layer_and_output_ops_with_eight_bit_values_pass_opcheck():
+    """An 8-bit layer returns its values as bfloat16 and as the 8-bit ones it keeps (the
+    same numbers); the output op keeps the 8-bit ones. (opcheck's schema and AOT tests do
+    arithmetic on every output, which float8 has not on CPU; compiling a step runs them.)"""
+    checks = ("test_autograd_registration", "test_faketensor")
+    args, kwargs = _layer_args(True)
+    spec = LayerSpec.decode(args[0], kwargs["beta"], kwargs["density"])
+    args = (dataclasses.replace(spec, value_dtype=torch.float8_e4m3fn).encode(), *args[1:])
+    torch.library.opcheck(layer, args, kwargs, test_utils=checks)
+    values, mask, offsets, _, _, stored = layer(*args, **kwargs)
+    assert values.dtype == torch.bfloat16 and stored.dtype == torch.float8_e4m3fn
+    assert torch.equal(stored.to(torch.bfloat16), values)
+    geom = BlockGeometry(size=(8, 8), grid=(10, 10), offset=(2, 2), full=(8, 8), stride=(1, 1))
+    options = {"batch": 2, "channels": 4, "geometry": geom.to_args(), "dtype": torch.float32}
+    options |= {"channels_last": False, "keep_values": True}
+    inputs = (values.detach().requires_grad_(), mask, offsets, stored.detach())
+    torch.library.opcheck(output, inputs, options, test_utils=checks)
 
 
 def _train_step(model, x, y):

@@ -54,7 +54,9 @@ def _layer_nnz(layers, x):
     return flow.geom, nnz
 
 
-@pytest.mark.parametrize("value_dtype,value_bytes", [(None, 8), (torch.bfloat16, 4)])
+@pytest.mark.parametrize(
+    "value_dtype,value_bytes", [(None, 8), (torch.bfloat16, 4), (torch.float8_e4m3fn, 2)]
+)
 @pytest.mark.parametrize("layers", [1, 3])
 def test_byte_budget_of_a_specnet_block(layers, value_dtype, value_bytes):
     channels = [3, 16, 16, 8][: layers + 1]

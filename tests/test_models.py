@@ -116,3 +116,22 @@ def test_density_threshold_is_a_running_buffer_used_in_eval():
     layer(3 * x)
     assert torch.equal(layer.threshold, frozen)
     assert "threshold" in layer.state_dict()
+
+
+def test_a_converted_model_is_torchvisions_taking_the_input_channels_and_convert_defaults():
+    pytest.importorskip("torchvision")
+    spatial = models.build("resnet18", in_channels=1)
+    assert spatial.conv1.in_channels == 1 and not any(
+        isinstance(m, st.SpectralConv2d) for m in spatial.modules()
+    )
+    spec = models.build("resnet18", spectral=True, in_channels=1)
+    layers = [m for m in spec.modules() if isinstance(m, st.SpectralConv2d)]
+    assert len(layers) == 20
+    assert {(m.beta, m.value_dtype) for m in layers} == {(0.3, torch.float8_e4m3fn)}  # convert's defaults
+    chosen = models.build("resnet18", spectral=True, beta=0.7, value_dtype=torch.bfloat16)
+    assert {(m.beta, m.value_dtype) for m in chosen.modules() if isinstance(m, st.SpectralConv2d)} == {
+        (0.7, torch.bfloat16)
+    }
+    x, y = _batch("resnet18")
+    nn.functional.cross_entropy(spec(x), y).backward()
+    assert all(p.grad is not None for p in spec.parameters())

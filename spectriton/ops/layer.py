@@ -26,7 +26,14 @@ from spectriton.compressed import CompressedSpectrum, mask_words
 from spectriton.density import density_threshold, drop_by_sample_
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import channel_moments, moments_used, normalise_, scale_shift_
-from spectriton.numerics import compute_dtype, exact, spectrum_bins
+from spectriton.numerics import (
+    EIGHT_BIT,
+    carried_dtype,
+    compute_dtype,
+    exact,
+    spectrum_bins,
+    stored_as,
+)
 from spectriton.nvtx import annotate
 from spectriton.ops.layer_backward import gradient_names, layer_backward
 from spectriton.ops.rebuild import rebuild_input
@@ -52,8 +59,9 @@ def layer(
     geometry: list[int],
     batch: int,
     recipe: list[int],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One layer on the spectral grid; returns ``(values, mask, offsets, threshold, moments)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer on the spectral grid; returns ``(values, mask, offsets, threshold, moments,
+    stored)``.
 
     ``spec``, ``beta`` and ``density`` are a :class:`LayerSpec`, ``geometry`` the block's
     :class:`~spectriton.geometry.BlockGeometry` (as :meth:`~BlockGeometry.to_args`; a
@@ -74,9 +82,18 @@ def layer(
     - ``residual``, a dense complex ``(bins, N, O)`` spectrum on the output's grid: added
       after that (a residual connection, whose sum the threshold and split tanh act on);
     - ``rebuild<i>``, with the integers ``recipe``: the recipe of the spatial source
-      ``inputs[0]`` (:mod:`spectriton.provenance`), which backward keeps instead of it.
+      ``inputs[0]`` (:mod:`spectriton.provenance`), which backward keeps instead of it;
+    - ``stored<s>``: source ``s``'s 8-bit values, which backward keeps instead of its
+      bfloat16 ones (the same numbers).
+
+    With the 8-bit value dtype (:data:`~spectriton.numerics.EIGHT_BIT`) the values are
+    rounded to it: ``stored`` holds them in it, what backward keeps, and ``values`` the same
+    numbers as bfloat16, which carry the gradient between layers (an 8-bit gradient would
+    underflow; ``stored`` gets none). Otherwise ``stored`` is empty.
     """
     cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
+    eight_bit = cfg.value_dtype == EIGHT_BIT
+    cfg = replace(cfg, value_dtype=carried_dtype(cfg.value_dtype))
     optional = from_named(names, named)
     running, moments, affine, residual = (
         optional.get(n) for n in ("running", "moments", "affine", "residual")
@@ -102,7 +119,11 @@ def layer(
                 ops, weight, bias, cfg, geom, batch, real, sources, moments, affine, residual, by_sample
             )
     threshold = torch.as_tensor(used, dtype=torch.float64, device=weight.device).clone()
-    return out.values, out.mask, out.offsets, threshold, batch_moments
+    values, stored = out.values, out.values.new_empty(0, 2, dtype=torch.float32)
+    if eight_bit:
+        stored = stored_as(values, EIGHT_BIT)
+        values = stored.to(values.dtype)
+    return values, out.mask, out.offsets, threshold, batch_moments, stored
 
 
 def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offsets) -> CompressedSpectrum:
@@ -191,7 +212,9 @@ def _(spec, weight, bias, inputs, masks, offsets, named, *, names, beta, density
     cfg, geom = LayerSpec.decode(spec, beta, density), BlockGeometry.from_args(geometry)
     out_channels, bins = weight.shape[0], spectrum_bins(cfg.out_grid(geom))
     nnz = torch.library.get_ctx().new_dynamic_size()
-    values = weight.new_empty(nnz, 2, dtype=cfg.value_dtype or compute_dtype(weight, *inputs))
+    values = weight.new_empty(nnz, 2, dtype=carried_dtype(cfg.value_dtype) or compute_dtype(weight, *inputs))
+    eight_bit = cfg.value_dtype == EIGHT_BIT
+    stored = weight.new_empty(nnz if eight_bit else 0, 2, dtype=EIGHT_BIT if eight_bit else torch.float32)
     mask = weight.new_empty(mask_words(batch * out_channels * bins), dtype=torch.int32)
     return (
         values,
@@ -201,6 +224,7 @@ def _(spec, weight, bias, inputs, masks, offsets, named, *, names, beta, density
         weight.new_empty(
             (2, out_channels) if "moments" in from_named(names, named) else (0,), dtype=torch.float32
         ),
+        stored,
     )
 
 
@@ -211,9 +235,12 @@ _SAVED = ("weight", "bias", "values", "mask", "offsets", "moments", "affine")  #
 def _setup_layer(ctx, inputs, keyword_only_inputs, output) -> None:
     args = dict(zip(_POSITIONAL, inputs), **keyword_only_inputs)
     optional = from_named(args["names"], args["named"])
-    values, mask, out_offsets, _, batch_moments = output
+    values, mask, out_offsets, _, batch_moments, stored = output
     moments, sources = optional.get("moments"), list(args["inputs"])
     rebuild = [tensor for name, tensor in optional.items() if name.startswith("rebuild")]
+    for name, tensor in optional.items():  # a source's 8-bit values: kept instead of its bfloat16 ones
+        if name.startswith("stored"):
+            sources[int(name.removeprefix("stored"))] = tensor
     ctx.spec, ctx.names, ctx.geometry = args["spec"], args["names"], args["geometry"]
     ctx.batch, ctx.numbers = args["batch"], {"beta": args["beta"], "density": args["density"]}
     ctx.sources, ctx.recipe, ctx.source_dtype = len(sources), args["recipe"], sources[0].dtype
@@ -221,6 +248,8 @@ def _setup_layer(ctx, inputs, keyword_only_inputs, output) -> None:
     if rebuild:
         sources[0] = None  # kept as its recipe
     cfg = LayerSpec.decode(args["spec"], args["beta"], args["density"])
+    if cfg.value_dtype == EIGHT_BIT:  # backward reads them as the bfloat16 numbers they are
+        values = stored
     keep = values if cfg.activation else None  # split tanh's derivative reads them
     ctx.save_for_backward(
         args["weight"], args["bias"], keep, mask, out_offsets, used, optional.get("affine"),
@@ -228,7 +257,7 @@ def _setup_layer(ctx, inputs, keyword_only_inputs, output) -> None:
     )  # fmt: skip
 
 
-def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _grad_moments):
+def _layer_grad(ctx, grad_values, _grad_mask, _grad_offsets, _grad_threshold, _grad_moments, _grad_stored):
     tensors = ctx.saved_tensors  # read once: a checkpoint unpacks each saved tensor once
     saved, rest, count = dict(zip(_SAVED, tensors)), tensors[len(_SAVED) :], ctx.sources
     sources, masks = list(rest[:count]), rest[count : 2 * count]

@@ -17,7 +17,7 @@ from spectriton import backend, transforms
 from spectriton.compressed import CompressedSpectrum
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import affine_grad, moments_scale
-from spectriton.numerics import complex_dtype, compute_dtype, exact, spectrum_bins
+from spectriton.numerics import as_carried, carried_dtype, complex_dtype, compute_dtype, exact, spectrum_bins
 from spectriton.nvtx import annotate
 from spectriton.ops.first_order import refuse_double_backward
 from spectriton.ops.sources import dc_real, source_spectrum
@@ -75,8 +75,8 @@ def _layer_backward(
     weight = transforms.dense_weight(grouped, cfg.dilation)
     ops, real = backend.ops(weight.device), compute_dtype(weight, *inputs)
     out_grid, grads = cfg.out_grid(geom), {}
-    if cfg.activation:
-        grad_values = ops.activation_backward(values, grad_values)
+    if cfg.activation:  # 8-bit values read as bfloat16 here only: no copy held through backward
+        grad_values = ops.activation_backward(as_carried(values), grad_values)
     out_channels = weight.shape[0]
     grad_out = CompressedSpectrum._trusted(
         grad_values.to(real), out_mask, out_offsets, batch, out_channels, out_grid
@@ -99,7 +99,7 @@ def _layer_backward(
         if masks[index] is None and not (wants_weight or wants_affine):
             return None
         source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
-        return source_spectrum(source, mask, offset, batch, channels, geom.grid, real)
+        return source_spectrum(as_carried(source), mask, offset, batch, channels, geom.grid, real)
 
     if cfg.strided:  # computed once for every run of output channels below
         runs = output_runs(geom.bins, batch, out_channels, cfg.groups)
@@ -145,7 +145,7 @@ def _layer_backward(
             grad = transforms.map_spectrum_adjoint(grad, geom.grid, geom.size)
         elif grad.is_complex():  # a compressed source's dense gradient, packed on its mask
             grad = ops.pack(grad, masks[index], source.shape[0])
-        grads[f"inputs.{index}"] = grad.to(source.dtype)
+        grads[f"inputs.{index}"] = grad.to(carried_dtype(source.dtype))  # 8-bit: its bfloat16 carrier's
     if wants_weight:
         grads["weight"] = transforms.dense_weight_adjoint(found["weight"].to(weight.dtype), cfg.dilation)
     if wants_bias:
@@ -305,7 +305,10 @@ def _(spec, grad_values, weight, bias, inputs, masks, offsets, named, *, names, 
         "bias": weight.new_empty(weight.shape[0]),
         "residual": weight.new_empty(bins, batch, weight.shape[0], dtype=precision),
         "affine": weight.new_empty(2, weight.shape[0]) if affine is None else affine,
-        **{f"inputs.{s}": source for s, source in enumerate(inputs)},
+        **{
+            f"inputs.{s}": source.new_empty(source.shape, dtype=carried_dtype(source.dtype))
+            for s, source in enumerate(inputs)
+        },
     }
     wanted = set(needs.split(","))
     names = gradient_names(len(inputs))

@@ -2,8 +2,11 @@
 ``spectriton::output_backward``, their fakes and the autograd glue.
 
 Backward keeps the mask, and the values and offsets a split tanh layer keeps anyway (so
-that a later block can rebuild its input from them, :mod:`spectriton.ops.rebuild`).
+that a later block can rebuild its input from them, :mod:`spectriton.ops.rebuild`): its
+8-bit values where it stores them so.
 """
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -21,6 +24,7 @@ def output(
     values: Tensor,
     mask: Tensor,
     offsets: Tensor,
+    stored: Optional[Tensor],
     *,
     batch: int,
     channels: int,
@@ -34,8 +38,9 @@ def output(
     :meth:`~BlockGeometry.to_args`), laid out channels-last when asked.
 
     Backward needs only the mask. With ``keep_values`` (set where a split tanh layer keeps
-    the values anyway: the same storage, counted once) the op keeps the values and offsets
-    too, so that a later block can rebuild this output from them.
+    the values anyway: the same storage, counted once) the op keeps the values (``stored``,
+    the 8-bit ones, where given) and offsets too, so that a later block can rebuild this
+    output from them.
     """
     geom = BlockGeometry.from_args(geometry)
     spectrum = CompressedSpectrum._trusted(values, mask, offsets, batch, channels, geom.grid)
@@ -45,16 +50,17 @@ def output(
 
 
 @output.register_fake
-def _(values, mask, offsets, *, batch, channels, geometry, dtype, channels_last, keep_values):
+def _(values, mask, offsets, stored, *, batch, channels, geometry, dtype, channels_last, keep_values):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = BlockGeometry.from_args(geometry).out
     return torch.empty(batch, channels, *out, dtype=dtype, device=values.device, memory_format=fmt)
 
 
 def _setup_output(ctx, inputs, keyword_only_inputs, output) -> None:
-    values, mask, offsets = inputs
+    values, mask, offsets, stored = inputs
     args = keyword_only_inputs
-    ctx.save_for_backward(mask, *([values, offsets] if args["keep_values"] else []))
+    kept = values if stored is None else stored
+    ctx.save_for_backward(mask, *([kept, offsets] if args["keep_values"] else []))
     ctx.nnz, ctx.real = values.shape[0], compute_dtype(values)
     ctx.batch, ctx.channels, ctx.geometry = args["batch"], args["channels"], args["geometry"]
 
@@ -70,7 +76,7 @@ def _output_grad(ctx, grad_y):
         geometry=ctx.geometry,
         real=ctx.real,
     )
-    return grad_values, None, None
+    return grad_values, None, None, None
 
 
 output.register_autograd(_output_grad, setup_context=_setup_output)

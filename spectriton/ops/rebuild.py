@@ -14,10 +14,11 @@ def rebuild_input(tensors: list[Tensor], args: RecipeArgs, dtype: torch.dtype) -
     """A block input again from its recipe's ``tensors`` (``values, mask, offsets,
     nonfinite(, index)``) and ``args``: the earlier block's output, NaN where that block's
     input was not finite, max-pooled by window index when a pool followed. Bitwise the
-    tensor the forward read."""
+    tensor the forward read (8-bit values unpack as the bfloat16 numbers the forward
+    carried)."""
     values, mask, offsets, nonfinite, *index = tensors
     y = output(
-        values, mask, offsets, batch=args.batch, channels=args.channels, geometry=args.geom.to_args(),
+        values, mask, offsets, None, batch=args.batch, channels=args.channels, geometry=args.geom.to_args(),
         dtype=dtype, channels_last=args.channels_last, keep_values=False,
     )  # fmt: skip
     y = mark_nonfinite_(y, nonfinite)  # y is this call's own
