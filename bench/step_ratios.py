@@ -6,8 +6,12 @@ batch 64). A step is forward, cross-entropy and backward; two warm-up steps each
 checkouts, run each with its own ``PYTHONPATH``, alternating, and compare the ratios:
 
     OMP_NUM_THREADS=1 PYTHONPATH=<checkout> python bench/step_ratios.py tv|zoo [rounds] [model ...]
+
+``SPEC_OPTIONS="beta=0.7;value_dtype=bfloat16"`` converts with those options instead of
+``convert``'s defaults (``bench/convert_table.py``'s syntax).
 """
 
+import os
 import statistics
 import sys
 import time
@@ -17,6 +21,9 @@ from torch import nn
 
 import spectriton
 from spectriton import models
+
+sys.path.insert(0, os.path.dirname(__file__))
+from convert_table import options_of  # noqa: E402
 
 TORCHVISION = ["resnet18", "resnet50", "densenet121", "mobilenet_v2"]
 ZOO = ["lenet5", "alexnet", "vgg16", "densenet"]
@@ -29,7 +36,8 @@ def pair(suite: str, name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
         import torchvision
 
         build = getattr(torchvision.models, name)
-        original, spec = build(num_classes=10), spectriton.convert(build(num_classes=10))
+        options = options_of(os.environ.get("SPEC_OPTIONS", "defaults"))
+        original, spec = build(num_classes=10), spectriton.convert(build(num_classes=10), **options)
         shape = (32, 3, 32, 32)
     else:
         original, spec = models.build(name), models.build(name, spectral=True)
