@@ -42,9 +42,9 @@ def _rounded_to_eight_bits(monkeypatch):
 @pytest.mark.parametrize("policy", ["spectra", "input"])
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalised"])
 def test_backward_reads_back_exactly_what_the_forward_computed(policy, normalize, monkeypatch):
-    """The same numbers kept as bfloat16 and as 8-bit bits give bitwise the same outputs and
-    gradients, so the bits lose nothing backward needs, whether a block keeps its spectra
-    or its input (rebuilt from the earlier block's bits) and replays."""
+    """The same numbers kept as bfloat16 and as e4m3 give bitwise the same outputs and
+    gradients, so e4m3 loses nothing backward needs, whether a block keeps its spectra or
+    its input (rebuilt from the earlier block's e4m3 values) and replays."""
     monkeypatch.setenv("SPECTRITON_BACKEND", "torch")
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
     eight = keep(_specnet(E4M3, normalize), policy)
@@ -58,7 +58,7 @@ def test_backward_reads_back_exactly_what_the_forward_computed(policy, normalize
         assert torch.equal(a, b)
 
 
-def test_backward_keeps_the_bits_and_no_bfloat16_values():
+def test_backward_keeps_e4m3_values_and_no_bfloat16_ones():
     model = keep(_specnet(E4M3, normalize=True), "spectra")
     x = torch.randn(2, 3, 9, 9)
     dtypes = []
