@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
+from spectriton.numerics import EIGHT_BIT
+
 ACTIVATIONS = (None, "split_tanh")
-VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16, torch.float8_e4m3fn)
+VALUE_DTYPES = (None, torch.complex64, torch.bfloat16, torch.float16, EIGHT_BIT)
 
 
 def describe(value: object) -> str:

@@ -54,11 +54,11 @@ def checkpoint_stages(model: nn.Module) -> nn.Module:
     ``maxpool``, made one module in ``conv1``'s place) and each of its stages checkpointed,
     in place: the usual baseline. A converted ResNet's stages only: its stem is one
     spectral block already, in a rewritten forward."""
-    converted = any(isinstance(m, SpectralConv2d) for m in model.modules())
-    if not converted:
-        model.conv1 = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-        model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
-    return checkpoint_children(model, [*([] if converted else ["conv1"]), *STAGES])
+    if any(isinstance(m, SpectralConv2d) for m in model.modules()):
+        return checkpoint_children(model, list(STAGES))
+    model.conv1 = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
+    return checkpoint_children(model, ["conv1", *STAGES])
 
 
 def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:

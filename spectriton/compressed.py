@@ -25,10 +25,10 @@ import functools
 import torch
 
 from spectriton import _checks
-from spectriton.numerics import complex_dtype, half_spectrum, spectrum_bins, stored_as
+from spectriton.numerics import EIGHT_BIT, complex_dtype, half_spectrum, spectrum_bins, stored_as
 
 WORD_BITS = 32
-VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.float8_e4m3fn)
+VALUE_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, EIGHT_BIT)
 
 
 def mask_words(numel: int) -> int:
