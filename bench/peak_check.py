@@ -2,7 +2,7 @@
 its Spec form, bare and checkpointed.
 
     MALLOC_MMAP_THRESHOLD_=65536 python bench/peak_check.py [--size 128] [--batch 8] [--budget-gib 2]
-    python bench/peak_check.py --table [--size 128] [--batch 8]
+    python bench/peak_check.py --table [--size 128] [--batch 8] [--in-channels 3]
     python bench/peak_check.py --table --model vgg16 --batch 64
 
 Prints, per form, ``peak_step_bytes`` (the profiler's allocation record) beside
@@ -23,28 +23,27 @@ import statistics
 import time
 
 import torch
-import torchvision
 
-import spectriton
 from spectriton import models
 from spectriton.checkpointing import checkpoint_blocks, checkpoint_stages
 from spectriton.memory import peak_step_bytes, resident_step_bytes, saved_bytes
 
 
-def forms(model: str) -> dict[str, torch.nn.Module]:
-    """The four forms, each freshly built from the same seed."""
+def forms(model: str, in_channels: int = 3) -> dict[str, torch.nn.Module]:
+    """The four forms, each freshly built from the same seed (a ResNet-18's stem taking
+    ``in_channels``, converted at ``convert``'s defaults)."""
     if model != "resnet18":
         return _zoo_forms(model)
 
-    def resnet() -> torch.nn.Module:
+    def resnet(spectral: bool) -> torch.nn.Module:
         torch.manual_seed(0)
-        return torchvision.models.resnet18(num_classes=10)
+        return models.build("resnet18", spectral=spectral, in_channels=in_channels)
 
     return {
-        "original": resnet(),
-        "checkpoint": checkpoint_stages(resnet()),
-        "converted": spectriton.convert(resnet()),
-        "converted+ckpt": checkpoint_stages(spectriton.convert(resnet())),
+        "original": resnet(False),
+        "checkpoint": checkpoint_stages(resnet(False)),
+        "converted": resnet(True),
+        "converted+ckpt": checkpoint_stages(resnet(True)),
     }
 
 
@@ -66,6 +65,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18", choices=["resnet18", *models.MODELS])
     parser.add_argument("--size", type=int, default=None, help="default: 128, or the zoo network's")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--in-channels", type=int, default=3, help="ResNet-18's input channels")
     parser.add_argument("--budget-gib", type=float, default=None)
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
@@ -73,11 +73,11 @@ def main() -> None:
     torch.set_num_threads(1)
     zoo = args.model != "resnet18"
     size = args.size or (models.input_size(args.model) if zoo else 128)
-    x = torch.randn(args.batch, 1 if zoo else 3, size, size)
+    x = torch.randn(args.batch, 1 if zoo else args.in_channels, size, size)
     target = torch.zeros(args.batch, dtype=torch.long)
     if args.table:
         print(f"{'form':<15} {'saved B/sample':>15} {'peak MiB':>9} {'step ms':>8}")
-    for name, model in forms(args.model).items():
+    for name, model in forms(args.model, args.in_channels).items():
         if args.budget_gib is not None:
             print(f"{name:<15} {_largest_batch(model, x, target, args.budget_gib * 2**30)}")
         elif args.table:
