@@ -12,6 +12,7 @@ whose square underflows still counts. NaN entries are always kept.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -62,8 +63,25 @@ def carried_dtype(value_dtype: torch.dtype | None) -> torch.dtype | None:
 
 
 def as_carried(values: Tensor) -> Tensor:
-    """Kept values as layers compute with them: 8-bit ones as the bfloat16 numbers they are."""
-    return values.to(torch.bfloat16) if values.dtype == EIGHT_BIT else values
+    """Kept values as layers compute with them: 8-bit ones as the bfloat16 numbers they are.
+
+    On CPU, where torch converts 8-bit floats one at a time, ``(n, 2)`` pairs are read as
+    16-bit codes and looked up in a table of every pair's bfloat16 pair (256 KiB, built by
+    torch's own conversion, so the numbers are the same): four times faster."""
+    if values.dtype != EIGHT_BIT:
+        return values
+    if values.device.type != "cpu" or values.dim() != 2 or values.shape[1] != 2 or not values.is_contiguous():
+        return values.to(torch.bfloat16)
+    codes = values.view(torch.uint16).view(-1).long()
+    return torch.take(_eight_bit_pairs(), codes).view(torch.bfloat16).view(values.shape)
+
+
+@functools.cache
+def _eight_bit_pairs() -> Tensor:
+    """Each 16-bit code's two 8-bit values as a pair of bfloat16 numbers, one int32 each."""
+    with torch.inference_mode(False):  # a cached table must be usable by autograd later
+        codes = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16)
+        return codes.view(EIGHT_BIT).to(torch.bfloat16).view(torch.int32)
 
 
 def stored_as(values: Tensor, dtype: torch.dtype | None) -> Tensor:

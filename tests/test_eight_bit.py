@@ -12,7 +12,7 @@ from torch import nn
 import spectriton as st
 import spectriton.reference as reference
 from spectriton.memory import saved_bytes
-from spectriton.numerics import stored_as
+from spectriton.numerics import as_carried, stored_as
 
 E4M3 = torch.float8_e4m3fn
 
@@ -97,6 +97,16 @@ def test_values_beyond_the_range_saturate():
     flow = layer(st.functional.SpectralFlow.start(1e4 * torch.randn(2, 2, 6, 6), [layer.shape]))
     assert flow.values.abs().max() == 448 and not flow.values.isnan().any()
     assert torch.equal(flow.stored.to(torch.bfloat16), flow.values)
+
+
+def test_reading_8_bit_pairs_gives_torchs_conversion_of_every_code():
+    """The CPU table of :func:`as_carried` against torch's own conversion, for all 65,536
+    two-value codes (NaNs, subnormals and signed zeros included), and any other shape."""
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(E4M3).view(-1, 2)
+    assert torch.equal(as_carried(every).view(torch.int16), every.to(torch.bfloat16).view(torch.int16))
+    odd = every[:99, 0]  # not pairs: converted by torch
+    assert torch.equal(as_carried(odd).view(torch.int16), odd.to(torch.bfloat16).view(torch.int16))
+    assert as_carried(every[:0]).shape == (0, 2)
 
 
 @pytest.mark.parametrize("value_dtype", [torch.bfloat16, E4M3])

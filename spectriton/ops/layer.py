@@ -28,6 +28,7 @@ from spectriton.geometry import BlockGeometry
 from spectriton.moments import channel_moments, moments_used, normalise_, scale_shift_
 from spectriton.numerics import (
     EIGHT_BIT,
+    as_carried,
     carried_dtype,
     compute_dtype,
     exact,
@@ -122,7 +123,7 @@ def layer(
     values, stored = out.values, out.values.new_empty(0, 2, dtype=torch.float32)
     if eight_bit:
         stored = stored_as(values, EIGHT_BIT)
-        values = stored.to(values.dtype)
+        values = as_carried(stored)
     return values, out.mask, out.offsets, threshold, batch_moments, stored
 
 
