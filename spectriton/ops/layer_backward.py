@@ -3,8 +3,9 @@
 Gradients flow packed: the incoming gradient is the packed values' (split tanh's
 derivative applied first), the kernel gradient is one product per source and the DFT's
 adjoint, a spatial source's gradient goes back through the FFT's adjoint and a compressed
-source's stays packed on its mask. A normalised layer's gradient is scaled per channel by
-the moments it used, its affine's gradient comes from the same products.
+source's stays packed on its mask. A normalised layer's per-channel factor (from the
+moments it used) scales the kernel, the weight's and the bias's gradients as BatchNorm's
+weight does, not the incoming gradient; its affine's gradient comes from the same products.
 """
 
 from itertools import accumulate
@@ -83,15 +84,15 @@ def _layer_backward(
     )
     del grad_values  # held by grad_out, which lets it go once unpacked
     if "residual" in wanted:  # the residual was added as it is: its gradient is the sum's, dense
-        grads["residual"] = ops.unpack(grad_out)
+        grads["residual"] = grad_out = ops.unpack(grad_out)  # which the products read too
     scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
     wants_affine = affine is not None and "affine" in wanted
-    if moments is not None:  # scaled by channel on the dense gradient: no per-entry positions
-        residual = grads.get("residual")
-        grad_out = ops.unpack(grad_out) if residual is None else residual.clone()
+    factor = None  # a normalised layer's per-channel rsqrt(variance + eps)
+    if moments is not None:  # it joins BatchNorm's scale: the gradient itself is not scaled or copied
+        factor = moments_scale(moments).to(real)
+        scale = factor if scale is None else scale * factor
         if wants_affine:  # the real parts at the DC bin (frequency 0 comes first), per channel
-            dc = grad_out[0].real.sum(0)
-        grad_out.mul_(moments_scale(moments).to(real))
+            dc = dc_real(grad_out, batch, out_channels).sum(0)
     wants_weight = "weight" in wanted
     wants_bias = "bias" in wanted or (wants_affine and bias is not None)
 
@@ -151,7 +152,7 @@ def _layer_backward(
     if wants_bias:
         grads["bias"] = found["bias"].to(weight.dtype)
     if wants_affine:
-        grads["affine"] = affine_grad(found["inner"], dc, moments, out_grid).to(affine.dtype)
+        grads["affine"] = affine_grad(found["inner"] * factor, dc, moments, out_grid).to(affine.dtype)
     return grads
 
 
