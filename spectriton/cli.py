@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from spectriton import datasets, models
-from spectriton._checks import MAX_BETA
+from spectriton._checks import CONVERT_BETA, DEFAULT_BETA, MAX_BETA
 
 EXIT_USAGE = 2
 
@@ -119,6 +119,7 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=_positive, help="test on a random subset of N images")
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     _value_dtype_argument(parser)
+    _normalize_argument(parser)
     parser.add_argument(
         "--memory-budget",
         type=_positive_float,
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training_arguments(train)
     train.add_argument("--spectral", action="store_true", help="the Spec form (default: spatial)")
     group = train.add_mutually_exclusive_group()
-    group.add_argument("--beta", type=_single(_betas), default=0.7)
+    group.add_argument("--beta", type=_single(_betas), help="default 0.7, or 0.3 with --normalize")
     group.add_argument("--density", type=_single(_densities))
     train.add_argument("--out", type=Path, default=Path("runs/train"))
 
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     memory.add_argument("--batch", type=_positive, default=64)
     _value_dtype_argument(memory)
-    memory.add_argument("--beta", type=_single(_betas), default=0.7)
+    _normalize_argument(memory)
+    memory.add_argument("--beta", type=_single(_betas), help="default 0.7, or 0.3 with --normalize")
     memory.add_argument("--density", type=_single(_densities))
     memory.add_argument("--in-channels", type=_positive, default=1)
     memory.add_argument("--seed", type=int, default=0)
@@ -202,6 +204,8 @@ def _writable(folder: Path) -> Path:
 def _settings(args):
     from spectriton.experiment import Settings
 
+    if args.normalize and args.model in models.CONVERTED:
+        raise UsageError(f"--normalize is for the zoo's models ({args.model} is normalised at its BN)")
     return Settings(
         model=args.model,
         dataset=args.dataset,
@@ -217,6 +221,7 @@ def _settings(args):
         limit_test=args.limit_test,
         device=args.device,
         value_dtype=args.value_dtype,
+        normalize=args.normalize,
         memory_budget_gib=args.memory_budget,
         progress=not args.no_progress,
     )
@@ -247,7 +252,7 @@ def _train(args) -> None:
     if args.spectral and args.density is not None:
         form = experiment.Form(True, density=args.density)
     else:
-        form = experiment.Form(args.spectral, beta=args.beta if args.spectral else None)
+        form = experiment.Form(args.spectral, beta=_beta(args, args.model) if args.spectral else None)
     data = _data_errors(lambda: experiment.load_data(settings))
     checkpoint = out / f"{form.name}.pt"
     if not args.resume:
@@ -289,6 +294,24 @@ def _memory(args) -> None:
     print(compare_table(reports, baseline="spatial"))
 
 
+def _normalize_argument(parser) -> None:
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="zoo models: Spec layers normalised as BatchNorm does where the spatial form has BN "
+        "(then --beta defaults to 0.3, in standard deviations of a channel, for every layer)",
+    )
+
+
+def _beta(args, model: str) -> float:
+    """``--beta`` as given, else the default: 0.3 where ``--normalize`` normalises layers of
+    ``model``, else 0.7."""
+    if args.beta is not None:
+        return args.beta
+    normalised = args.normalize and model in models.WITH_BATCHNORM
+    return float(CONVERT_BETA) if normalised else float(DEFAULT_BETA)
+
+
 def _value_dtype_argument(parser) -> None:
     parser.add_argument(
         "--value-dtype",
@@ -302,7 +325,6 @@ def _value_dtype_argument(parser) -> None:
 def _memory_reports(name: str, args) -> dict:
     """Saved bytes and the training step's peak of one zoo model on a seeded random batch:
     spatial, spatial with each block checkpointed, and Spec."""
-    from spectriton._checks import DEFAULT_BETA
     from spectriton.checkpointing import checkpoint_blocks
     from spectriton.memory import peak_step_bytes, saved_bytes
 
@@ -310,11 +332,11 @@ def _memory_reports(name: str, args) -> dict:
     torch.manual_seed(args.seed)
     x = torch.randn(args.batch, args.in_channels, size, size)
     target = torch.zeros(args.batch, dtype=torch.long)
-    beta = DEFAULT_BETA if args.density is not None else args.beta
+    beta = DEFAULT_BETA if args.density is not None else _beta(args, name)
     try:
         spec = models.build(
             name, spectral=True, beta=beta, density=args.density, in_channels=args.in_channels,
-            value_dtype=getattr(torch, args.value_dtype),
+            value_dtype=getattr(torch, args.value_dtype), normalize=args.normalize,
         )  # fmt: skip
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -377,6 +377,8 @@ class SpectralDenseBlock(nn.Module):
     concatenated in that order, as in DenseNet) and adds ``growth`` channels; the output
     is all of them concatenated, ``in_channels + layers * growth`` channels of the input's
     size. Each source stays compressed once; no concatenated copy is ever made.
+    ``normalize`` and ``affine`` are each layer's (:class:`SpectralConv2d`): BatchNorm's
+    normalisation and its affine, as DenseNet's layers have them.
     """
 
     def __init__(
@@ -391,6 +393,8 @@ class SpectralDenseBlock(nn.Module):
         density: float | None = None,
         value_dtype: torch.dtype | None = None,
         bias: bool = True,
+        normalize: bool = False,
+        affine: bool = False,
     ) -> None:
         super().__init__()
         _checks.positive_int(layers, "layers")
@@ -400,6 +404,7 @@ class SpectralDenseBlock(nn.Module):
         self.in_channels, self.growth = in_channels, growth
         self.out_channels = in_channels + layers * growth
         options = dict(beta=beta, activation=activation, density=density, value_dtype=value_dtype, bias=bias)
+        options.update(normalize=normalize, affine=affine)
         self.layers = nn.ModuleList(
             SpectralConv2d(in_channels + i * growth, growth, kernel_size, padding=kernel_size // 2, **options)
             for i in range(layers)

@@ -52,6 +52,7 @@ class Settings:
     limit_test: int | None = None
     device: str = "cpu"
     value_dtype: str | None = "bfloat16"
+    normalize: bool = False  # the zoo's Spec layers normalised where the spatial ones have BN
     memory_batch: int = 64
     memory_budget_gib: float = 8.0
     progress: bool = True
@@ -63,6 +64,8 @@ class ResumeError(ValueError):
 
 # Settings that do not change what a run computes, so a resume may change them.
 _FREE_SETTINGS = ("device", "progress", "data_dir", "download", "memory_budget_gib")
+# Settings added since runs were first saved, with the value those runs had.
+_ADDED_SETTINGS = {"normalize": False}
 
 
 def _check_same_settings(saved: dict, settings: Settings, where: Path, free: tuple[str, ...] = ()) -> None:
@@ -70,9 +73,9 @@ def _check_same_settings(saved: dict, settings: Settings, where: Path, free: tup
     may change too)."""
     current = asdict(settings)
     differ = [
-        f"{k} {saved.get(k)!r} -> {current[k]!r}"
+        f"{k} {saved.get(k, _ADDED_SETTINGS.get(k))!r} -> {current[k]!r}"
         for k in current
-        if k not in _FREE_SETTINGS + free and saved.get(k) != current[k]
+        if k not in _FREE_SETTINGS + free and saved.get(k, _ADDED_SETTINGS.get(k)) != current[k]
     ]
     if differ:
         raise ResumeError(
@@ -133,6 +136,8 @@ def build_model(settings: Settings, form: Form, channels: int) -> nn.Module:
     if form.spectral:
         options["value_dtype"] = getattr(torch, settings.value_dtype or "complex64")
         options.update(density=form.density) if form.density is not None else options.update(beta=form.beta)
+        if settings.model in models.MODELS:  # a converted model is normalised where it has BN
+            options["normalize"] = settings.normalize
     model = models.build(settings.model, **options)
     if not form.checkpoint:
         return model
@@ -237,6 +242,7 @@ def train_run(settings: Settings, form: Form, data: Data, checkpoint: Path | Non
         "checkpoint": form.checkpoint,
         "beta": form.beta,
         "density": form.density,
+        "normalize": form.spectral and settings.normalize and settings.model in models.MODELS,
         "accuracy": last["test_accuracy"],
         "saved_bytes": last["saved_bytes"],
         "relative_memory": None,

@@ -4,9 +4,13 @@ Every builder takes ``(spectral=False, beta=0.7, density=None, in_channels=1,
 num_classes=10)``. The spatial original uses ``nn.Conv2d``, ``nn.BatchNorm2d``,
 ``nn.ReLU`` and ``nn.MaxPool2d`` as PyTorch ships them; the Spec version has the same
 widths, one spectral block (one FFT in, one IFFT out) per resolution, split tanh and the
-compact pool, and no batch norm (the paper's Spec columns have none); its kept spectral
-values are stored as bfloat16 pairs unless ``value_dtype=torch.complex64`` asks for full
-precision (README, Defaults, has the measurements behind this). Both are
+compact pool, and no batch norm (the paper's Spec columns have none) unless
+``normalize=True``: then each Spec layer whose spatial twin has BatchNorm is normalised
+as BatchNorm does, with its affine, at beta 0.3 standard deviations of a channel where
+``beta`` is left out (``convert``'s), the others plain at 0.7 (README, "The zoo
+normalised", has the measurements). Its kept spectral values are stored as bfloat16
+pairs unless ``value_dtype=torch.complex64`` asks for full precision (README, Defaults,
+has the measurements behind this). Both are
 ``nn.Sequential(features, classifier)``, so memory tables read ``features.0.0`` etc.
 LeNet takes 28 x 28 inputs, the others 32 x 32.
 
@@ -27,18 +31,36 @@ from spectriton.conv import SpectralConv2d, SpectralDenseBlock, SpectralSequenti
 from spectriton.pooling import CompactMaxPool2d
 
 MODELS = ("lenet5", "alexnet", "vgg16", "densenet")
+NORMALIZE = False  # the Spec forms' default for normalize (the paper's: no normalisation)
+WITH_BATCHNORM = ("alexnet", "vgg16", "densenet")  # spatial forms with BatchNorm: normalize changes them
 CONVERTED = ("resnet18",)  # torchvision's, converted (needs torchvision)
 
 
-def _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes) -> dict:
-    """Check the options every builder takes; return the keyword arguments of its Spec layers."""
+def _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes, normalize) -> dict:
+    """Check the options every builder takes; return the keyword arguments of its Spec
+    layers (``normalize`` for :func:`_normalised` to apply where the spatial form has BN)."""
     _checks.boolean(spectral, "spectral")
+    _checks.boolean(normalize, "normalize")
     _checks.positive_int(in_channels, "in_channels")
     _checks.positive_int(num_classes, "num_classes")
+    default = beta is _checks.DEFAULT_BETA and density is None
     beta, density = _checks.beta_or_density(beta, density)
     return dict(
-        beta=beta, density=density, activation="split_tanh", value_dtype=_checks.value_dtype(value_dtype)
+        beta=_checks.DEFAULT_BETA if default else beta,  # told apart by _normalised
+        density=density,
+        activation="split_tanh",
+        value_dtype=_checks.value_dtype(value_dtype),
+        normalize=normalize,
     )
+
+
+def _normalised(options: dict, batch_norm: bool) -> dict:
+    """A Spec layer's options where the spatial layer has BatchNorm (``batch_norm``): with
+    ``normalize`` it is normalised as BatchNorm does, with its affine, and its default beta
+    is ``convert``'s (0.3 standard deviations of a channel); elsewhere plain."""
+    normalize = options["normalize"] and batch_norm
+    beta = _checks.CONVERT_BETA if normalize and options["beta"] is _checks.DEFAULT_BETA else options["beta"]
+    return {**options, "beta": beta, "normalize": normalize, "affine": normalize}
 
 
 def _network(features: list[nn.Module], classifier: list[nn.Module]) -> nn.Sequential:
@@ -51,7 +73,8 @@ def _conv_stages(stages, in_channels, kernel, padding, spectral, batch_norm, opt
     """Convolution stages, each followed by a 2 x 2 max pool.
 
     ``stages`` lists the widths of each stage; ``batch_norm[i]`` says whether the
-    spatial stage ``i`` has BN. Spec: one spectral block per stage.
+    spatial stage ``i`` has BN. Spec: one spectral block per stage, its layers normalised
+    where the spatial stage has BN and ``options`` ask for it (:func:`_normalised`).
     """
     layers: list[nn.Module] = []
     channels = in_channels
@@ -59,7 +82,8 @@ def _conv_stages(stages, in_channels, kernel, padding, spectral, batch_norm, opt
         if spectral:
             block = []
             for width in widths:
-                block.append(SpectralConv2d(channels, width, kernel, padding=padding, **options))
+                layer_options = _normalised(options, bn)
+                block.append(SpectralConv2d(channels, width, kernel, padding=padding, **layer_options))
                 channels = width
             layers += [SpectralSequential(*block), CompactMaxPool2d(2)]
             continue
@@ -87,13 +111,14 @@ def lenet5(
     num_classes: int = 10,
     *,
     value_dtype: torch.dtype | None = torch.bfloat16,
+    normalize: bool = NORMALIZE,
 ) -> nn.Sequential:
     """LeNet-5 (Table 3), 28 x 28 input: conv 6@5x5, pool, conv 16@5x5, pool, FC 120, 80.
 
     Spec: 28 -> FFT 32 -> 24 -> pool 12 -> FFT 16 -> 8 -> pool 4 (the table's "15 x 15"
     grid for the second block is 12 + 5 - 1 = 16 here, DESIGN.md section 2).
     """
-    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes, normalize)
     features, channels = _conv_stages([[6], [16]], in_channels, 5, 0, spectral, [False, False], options)
     return _network(features, _mlp([channels * 4 * 4, 120, 80, num_classes]))
 
@@ -106,13 +131,14 @@ def alexnet(
     num_classes: int = 10,
     *,
     value_dtype: torch.dtype | None = torch.bfloat16,
+    normalize: bool = NORMALIZE,
 ) -> nn.Sequential:
     """AlexNet-style (Table 4), 32 x 32 input: 24@3x3, pool, 96@3x3, pool, 192, 192, 96
     @3x3 (with BN in the spatial form, as the table has), pool, FC 1024, 1024.
 
     Spec: blocks on grids 34, 18 and 10, the last holding three layers.
     """
-    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes, normalize)
     stages = [[24], [96], [192, 192, 96]]
     features, channels = _conv_stages(stages, in_channels, 3, 1, spectral, [False, False, True], options)
     return _network(features, _mlp([channels * 4 * 4, 1024, 1024, num_classes]))
@@ -126,6 +152,7 @@ def vgg16(
     num_classes: int = 10,
     *,
     value_dtype: torch.dtype | None = torch.bfloat16,
+    normalize: bool = NORMALIZE,
 ) -> nn.Sequential:
     """VGG-style (Table 5), 32 x 32 input: 64 x2, pool, 128 x2, pool, 256 x3, pool, FC 512;
     every spatial conv with BN.
@@ -135,7 +162,7 @@ def vgg16(
     same widths and depth (what the paper says it compares) and the memory ratio measures
     the representation, not a missing layer.
     """
-    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes, normalize)
     stages = [[64, 64], [128, 128], [256, 256, 256]]
     features, channels = _conv_stages(stages, in_channels, 3, 1, spectral, [True] * 3, options)
     return _network(features, _mlp([channels * 4 * 4, 512, num_classes]))
@@ -170,6 +197,7 @@ def densenet(
     growth: int = 64,
     layers: int = 6,
     value_dtype: torch.dtype | None = torch.bfloat16,
+    normalize: bool = NORMALIZE,
 ) -> nn.Sequential:
     """DenseNet-style (Table 1), 32 x 32 input: 3x3 conv (64, BN, ReLU), pool, one dense
     block of 6 layers, global average pool, FC.
@@ -181,15 +209,16 @@ def densenet(
     the spectral domain): each layer is a 3x3 spectral layer reading the block input and
     every earlier output, between one FFT and one IFFT.
     """
-    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes)
+    options = _spec_options(spectral, beta, density, value_dtype, in_channels, num_classes, normalize)
     _checks.positive_int(growth, "growth")
     _checks.positive_int(layers, "layers")
     stem = 64
     if spectral:
+        normalised = _normalised(options, True)  # every spatial convolution has BN
         features: list[nn.Module] = [
-            SpectralSequential(SpectralConv2d(in_channels, stem, 3, padding=1, **options)),
+            SpectralSequential(SpectralConv2d(in_channels, stem, 3, padding=1, **normalised)),
             CompactMaxPool2d(2),
-            SpectralDenseBlock(stem, growth, layers, 3, **options),
+            SpectralDenseBlock(stem, growth, layers, 3, **normalised),
         ]
     else:
         features = [nn.Conv2d(in_channels, stem, 3, padding=1), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]

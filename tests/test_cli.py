@@ -40,6 +40,7 @@ def run_cli(capsys, *argv):
         (["train", "--beta", "0.5", "--density", "0.1"], "not allowed with argument"),
         (["memory", "--model", "vgg"], "unknown model 'vgg'"),
         (["memory", "--batch", "-3"], "expected a positive integer"),
+        (["train", "--model", "resnet18", "--normalize"], "--normalize is for the zoo's models"),
     ],
 )
 def test_argument_errors_are_one_line_with_status_2(capsys, argv, expected):
@@ -166,6 +167,24 @@ def test_train_runs_a_converted_torchvision_model(capsys, tmp_path):
     status, out, err = run_cli(capsys, *argv)
     assert status == 0, err
     assert len(json.loads((tmp_path / "spec-beta0.3.json").read_text())["history"]) == 1
+
+
+def test_train_normalises_a_zoo_model_at_beta_0_3_and_resumes_runs_from_before_the_option(capsys, tmp_path):
+    common = ["train", "--model", "alexnet", "--spectral", "--limit-train", "64", "--limit-test", "32"]
+    common += ["--no-progress", "--out", str(tmp_path)]
+    assert run_cli(capsys, *common, "--normalize", "--epochs", "1")[0] == 0
+    saved = torch.load(tmp_path / "spec-beta0.3.pt", weights_only=False)
+    assert saved["settings"]["normalize"] is True
+    assert json.loads((tmp_path / "spec-beta0.3.json").read_text())["normalize"] is True
+    assert any(key.endswith("norm.weight") for key in saved["model"])  # the BN stage's layers
+    assert run_cli(capsys, *common, "--epochs", "1")[0] == 0  # plain: spec-beta0.7
+    older = torch.load(tmp_path / "spec-beta0.7.pt", weights_only=False)
+    del older["settings"]["normalize"]  # as a run saved before the option existed
+    torch.save(older, tmp_path / "spec-beta0.7.pt")
+    status, _, err = run_cli(capsys, *common, "--epochs", "2", "--resume")
+    assert status == 0, err
+    status, _, err = run_cli(capsys, *common, "--epochs", "3", "--resume", "--normalize", "--beta", "0.7")
+    assert status == cli.EXIT_USAGE and "cannot resume" in err  # a normalised model is another model
 
 
 def test_resume_refuses_other_settings_and_damaged_files(capsys, tmp_path):

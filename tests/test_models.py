@@ -40,6 +40,27 @@ def test_both_forms_have_the_same_convolution_widths(name):
     assert spatial == spec
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("name", models.MODELS)
+def test_spec_layers_are_normalised_where_the_spatial_form_has_batchnorm(name, normalize):
+    def batch_normed(model):  # each convolution's: is the next module a BatchNorm?
+        modules = [m for m in model.modules() if not isinstance(m, (nn.Sequential, models.DenseLayer))]
+        convs = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+        return [isinstance(modules[i + 1], nn.BatchNorm2d) for i in convs]
+
+    spec = models.build(name, spectral=True, normalize=normalize)
+    layers = [m for m in spec.modules() if isinstance(m, st.SpectralConv2d)]
+    batch_norm = batch_normed(models.build(name))
+    assert any(batch_norm) == (name in models.WITH_BATCHNORM)
+    expected = [normalize and bn for bn in batch_norm]
+    assert [layer.normalize for layer in layers] == expected
+    assert all(layer.affine == layer.normalize for layer in layers)
+    x, y = _batch(name)
+    nn.functional.cross_entropy(spec(x), y).backward()
+    norms = [layer.norm for layer in layers if layer.normalize]
+    assert all(norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0 for norm in norms)
+
+
 # Output size after each block, then after each pool (paper Tables 1, 3, 4, 5).
 BLOCK_SIZES = {
     "lenet5": [24, 12, 8, 4],
