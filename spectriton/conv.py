@@ -403,8 +403,10 @@ class SpectralDenseBlock(nn.Module):
             raise ValueError(f"kernel_size must be odd to keep the map's size, got {kernel_size}")
         self.in_channels, self.growth = in_channels, growth
         self.out_channels = in_channels + layers * growth
-        options = dict(beta=beta, activation=activation, density=density, value_dtype=value_dtype, bias=bias)
-        options.update(normalize=normalize, affine=affine)
+        options = dict(
+            beta=beta, activation=activation, density=density, value_dtype=value_dtype, bias=bias,
+            normalize=normalize, affine=affine,
+        )  # fmt: skip
         self.layers = nn.ModuleList(
             SpectralConv2d(in_channels + i * growth, growth, kernel_size, padding=kernel_size // 2, **options)
             for i in range(layers)

@@ -52,7 +52,7 @@ class Settings:
     limit_test: int | None = None
     device: str = "cpu"
     value_dtype: str | None = "bfloat16"
-    normalize: bool = False  # the zoo's Spec layers normalised where the spatial ones have BN
+    normalize: bool = models.NORMALIZE  # the zoo's Spec layers normalised where the spatial ones have BN
     memory_batch: int = 64
     memory_budget_gib: float = 8.0
     progress: bool = True
@@ -71,11 +71,11 @@ _ADDED_SETTINGS = {"normalize": False}
 def _check_same_settings(saved: dict, settings: Settings, where: Path, free: tuple[str, ...] = ()) -> None:
     """Refuse to resume ``where`` under settings that change what it computed (``free`` ones
     may change too)."""
-    current = asdict(settings)
+    current, saved = asdict(settings), {**_ADDED_SETTINGS, **saved}
     differ = [
-        f"{k} {saved.get(k, _ADDED_SETTINGS.get(k))!r} -> {current[k]!r}"
+        f"{k} {saved.get(k)!r} -> {current[k]!r}"
         for k in current
-        if k not in _FREE_SETTINGS + free and saved.get(k, _ADDED_SETTINGS.get(k)) != current[k]
+        if k not in _FREE_SETTINGS + free and saved.get(k) != current[k]
     ]
     if differ:
         raise ResumeError(

@@ -56,10 +56,10 @@ def affine_grad(inner: Tensor, dc: Tensor, moments: Tensor, grid: tuple[int, int
     """Gradient of a normalised layer's ``affine`` ``(2, O)`` (BatchNorm's weight and bias).
 
     The weight's is the inner product of the gradient at the kept entries, ``G``, with the
-    normalised product ``r (Y - mean)``: ``inner`` is ``<r G, Y>`` per channel (from the
+    normalised product ``r (Y - mean)``: ``inner`` is ``<G, Y>`` per channel (from the
     kernel gradient and the bias, so ``Y`` is not computed again) and ``dc`` the sum of
     ``G``'s real parts at the DC entries, which the mean and the bias touch.
     """
     r = moments_scale(moments).to(inner.dtype)
     bias_scale = transforms.bias_scale(grid)
-    return torch.stack([inner - moments[0].to(inner.dtype) * bias_scale * r * dc, bias_scale * dc])
+    return torch.stack([r * (inner - moments[0].to(inner.dtype) * bias_scale * dc), bias_scale * dc])

@@ -87,8 +87,7 @@ def _layer_backward(
         grads["residual"] = grad_out = ops.unpack(grad_out)  # which the products read too
     scale = None if affine is None else affine[0].to(real)  # BatchNorm's weight, per output channel
     wants_affine = affine is not None and "affine" in wanted
-    factor = None  # a normalised layer's per-channel rsqrt(variance + eps)
-    if moments is not None:  # it joins BatchNorm's scale: the gradient itself is not scaled or copied
+    if moments is not None:  # rsqrt(variance + eps) joins BatchNorm's scale: the gradient is not copied
         factor = moments_scale(moments).to(real)
         scale = factor if scale is None else scale * factor
         if wants_affine:  # the real parts at the DC bin (frequency 0 comes first), per channel
@@ -152,7 +151,7 @@ def _layer_backward(
     if wants_bias:
         grads["bias"] = found["bias"].to(weight.dtype)
     if wants_affine:
-        grads["affine"] = affine_grad(found["inner"] * factor, dc, moments, out_grid).to(affine.dtype)
+        grads["affine"] = affine_grad(found["inner"], dc, moments, out_grid).to(affine.dtype)
     return grads
 
 
