@@ -29,7 +29,7 @@ import math
 import torch
 
 from spectriton.backend import cpu_forms
-from spectriton.numerics import complex_dtype, half_spectrum, runs, snap_zeros, spectrum_bins
+from spectriton.numerics import complex_dtype, half_spectrum, runs, snap_zeros
 
 GEMM_GRID = 40  # the largest grid side (points) transformed by GEMMs; above, FFTs
 
@@ -42,7 +42,7 @@ def use_gemm(t: torch.Tensor, grid: tuple[int, int]) -> bool:
     return cpu_forms(t.device) and real in (torch.float32, torch.float64) and max(grid) <= GEMM_GRID
 
 
-CHUNK_BYTES = 4 << 20  # the most bytes of one transform's complex grid: larger batches go by channel runs
+CHUNK_BYTES = 4 << 20  # the most bytes of one transform's complex grid: larger batches go by runs
 
 
 def channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
@@ -50,6 +50,14 @@ def channel_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[sli
     channel at least: a transform's transients (its intermediate products, the permuting
     copies) stay within a few chunks however large the batch (README, "Peak memory")."""
     return runs(channels, max(1, CHUNK_BYTES // max(batch * grid[0] * grid[1] * 8, 1)))
+
+
+def sample_chunks(batch: int, channels: int, grid: tuple[int, int]) -> list[slice]:
+    """Runs of samples whose complex grids (``run x channels x grid``) fit ``CHUNK_BYTES``,
+    one sample at least: how :func:`analysis` and :func:`synthesis` bound their transients.
+    A run of samples is, at each frequency, one contiguous block of the frequency-major
+    spectrum, so their GEMMs read and write it in place (a run of channels would be copied)."""
+    return runs(batch, max(1, CHUNK_BYTES // max(channels * grid[0] * grid[1] * 8, 1)))
 
 
 def analysis(
@@ -60,26 +68,9 @@ def analysis(
     mirrored: float = 1.0,
 ) -> torch.Tensor:
     """Real maps ``(N, C, len(rows), len(cols))`` at grid positions ``rows x cols`` ->
-    half spectra ``(bins, N, C)`` (module docstring), by :func:`channel_chunks`."""
-    batch, channels = x.shape[:2]
-    chunks = channel_chunks(batch, channels, grid)
-    if len(chunks) == 1:
-        return _analysis(x, grid, rows, cols, mirrored)
-    out = x.new_empty(spectrum_bins(grid), batch, channels, dtype=complex_dtype(x.dtype))
-    for run in chunks:
-        out[..., run] = _analysis(x[:, run], grid, rows, cols, mirrored)
-    return out
-
-
-def _analysis(x, grid, rows, cols, mirrored) -> torch.Tensor:
-    batch, channels, height, width = x.shape
-    row_table, col_table = _tables(grid, rows, cols, mirrored, -1, x.dtype, x.device)
-    # along the columns, one real GEMM into interleaved (re, im) pairs: (N C, h, half cols)
-    pairs = (x.reshape(-1, width) @ col_table).view(-1, height, col_table.shape[1] // 2, 2)
-    half = torch.view_as_complex(pairs)
-    # along the rows, one complex GEMM whose result is frequency-major
-    stacked = half.permute(1, 2, 0).reshape(height, -1)
-    return (row_table @ stacked).view(-1, batch, channels)
+    half spectra ``(bins, N, C)`` (module docstring), by :func:`sample_chunks`.
+    Differentiable: its gradient is :func:`synthesis` (the adjoint), and it keeps nothing."""
+    return _Analysis.apply(x, grid, rows, cols, mirrored)
 
 
 def synthesis(
@@ -90,22 +81,71 @@ def synthesis(
     mirrored: float = 1.0,
 ) -> torch.Tensor:
     """Half spectra ``(bins, N, C)`` -> real maps ``(N, C, len(rows), len(cols))`` at grid
-    positions ``rows x cols`` (module docstring), by :func:`channel_chunks`."""
-    _, batch, channels = spectrum.shape
-    out = spectrum.real.new_empty(batch, channels, len(rows), len(cols))
-    for run in channel_chunks(batch, channels, grid):
-        _synthesis(spectrum[..., run], grid, rows, cols, mirrored, out[:, run])
-    return out
+    positions ``rows x cols`` (module docstring), by :func:`sample_chunks`.
+    Differentiable: its gradient is :func:`analysis` (the adjoint), and it keeps nothing."""
+    return _Synthesis.apply(spectrum, grid, rows, cols, mirrored)
 
 
-def _synthesis(spectrum, grid, rows, cols, mirrored, out) -> None:
-    _, batch, channels = spectrum.shape
-    real = spectrum.real.dtype
-    row_table, col_table = _tables(grid, rows, cols, mirrored, 1, real, spectrum.device)
-    # along the rows, one complex GEMM on the frequency-major layout: (h, half cols, N C)
-    half_rows = (row_table @ spectrum.reshape(row_table.shape[1], -1)).view(len(rows), -1, batch * channels)
+class _Analysis(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid, rows, cols, mirrored):
+        ctx.args = (grid, rows, cols, mirrored)
+        batch, channels = x.shape[:2]
+        out = x.new_empty(*half_spectrum(grid), batch, channels, dtype=complex_dtype(x.dtype))
+        for run in sample_chunks(batch, channels, grid):
+            _analyse(x[run], grid, rows, cols, mirrored, out[:, :, run])
+        return out.view(-1, batch, channels)
+
+    @staticmethod
+    def backward(ctx, g):
+        return synthesis(g, *ctx.args), None, None, None, None
+
+
+class _Synthesis(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spectrum, grid, rows, cols, mirrored):
+        ctx.args = (grid, rows, cols, mirrored)
+        _, batch, channels = spectrum.shape
+        halves = spectrum.view(*half_spectrum(grid), batch, channels)
+        out = spectrum.real.new_empty(batch, channels, len(rows), len(cols))
+        for run in sample_chunks(batch, channels, grid):
+            _synthesise(halves[:, :, run], grid, rows, cols, mirrored, out[run])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return analysis(g, *ctx.args), None, None, None, None
+
+
+def _analyse(x, grid, rows, cols, mirrored, out) -> None:
+    """:func:`analysis` of a run of samples ``x``, written to their ``(half rows, half cols,
+    n, C)`` part ``out`` of the whole spectrum."""
+    height, width = x.shape[2:]
+    row_table, col_table = _tables(grid, rows, cols, mirrored, -1, x.dtype, x.device)
+    # along the columns, one real GEMM into interleaved (re, im) pairs: (n C, h, half cols)
+    pairs = (x.reshape(-1, width) @ col_table).view(-1, height, col_table.shape[1] // 2, 2)
+    stacked = torch.view_as_complex(pairs).permute(1, 2, 0).contiguous()  # (h, half cols, n C)
+    # along the rows, complex GEMMs written in place: one for the whole batch, else one a column
+    if out.is_contiguous():
+        torch.mm(row_table, stacked.view(height, -1), out=out.view(row_table.shape[0], -1))
+    else:
+        torch.matmul(row_table, stacked.transpose(0, 1), out=out.flatten(2).transpose(0, 1))
+
+
+def _synthesise(halves, grid, rows, cols, mirrored, out) -> None:
+    """:func:`synthesis` of a run of samples' part ``halves`` ``(half rows, half cols, n, C)``
+    of a spectrum, written to their maps ``out``."""
+    real = halves.real.dtype
+    row_table, col_table = _tables(grid, rows, cols, mirrored, 1, real, halves.device)
+    # along the rows, complex GEMMs read in place: one for the whole batch, else one a column
+    half_rows = halves.new_empty(len(rows), *halves.shape[1:])  # (h, half cols, n, C)
+    if halves.is_contiguous():
+        torch.mm(row_table, halves.view(row_table.shape[1], -1), out=half_rows.view(len(rows), -1))
+    else:
+        torch.matmul(row_table, halves.flatten(2).transpose(0, 1), out=half_rows.flatten(2).transpose(0, 1))
+    half_rows = half_rows.flatten(2)
     # along the columns, the real part of a batched complex GEMM, permuted as it is written
-    y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, N C, w)
+    y = torch.matmul(half_rows.transpose(1, 2), col_table).real  # (h, n C, w)
     out.copy_(y.permute(1, 0, 2).view(out.shape))
 
 

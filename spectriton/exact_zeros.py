@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from spectriton.backend import cpu_forms
+
 
 def dead_positions(
     x: torch.Tensor,
@@ -60,6 +62,8 @@ def bias_where_dead_(
     bias, or 0) where the receptive field is all zeros. Outside autograd: the gradient passes
     as through ``y``."""
     with torch.no_grad():
+        if _none_dead(x, kernel, padding, dilation):
+            return y
         dead = dead_positions(x, kernel, padding, stride, dilation, groups)
         n, o, h, w = y.shape
         grouped = y.view(n, groups, o // groups, h, w)
@@ -69,3 +73,14 @@ def bias_where_dead_(
             exact = bias.to(y.dtype).view(groups, o // groups, 1, 1)
             grouped.copy_(torch.where(dead, exact, grouped))
     return y
+
+
+def _none_dead(x: torch.Tensor, kernel, padding, dilation) -> bool:
+    """Whether no receptive field is all zeros, where that is known without a device
+    synchronisation (eager, on CPU): ``x`` holds no exact zero and every window reaches past
+    the padding. Elsewhere False (a compiled graph has no branch on data), and
+    :func:`dead_positions` decides."""
+    if torch.compiler.is_compiling() or not cpu_forms(x.device):
+        return False
+    reaches = all(p < d * (k - 1) + 1 for k, p, d in zip(kernel, padding, dilation))
+    return reaches and not bool((x == 0).any())

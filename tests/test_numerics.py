@@ -173,6 +173,18 @@ def test_tiny_inputs_are_scaled_not_dropped_by_the_exact_drop_in(dtype, scale, b
         assert (a - b).abs().max() <= tol * b.abs().max(), name
 
 
+def test_an_input_without_zeros_leaves_only_windows_in_the_padding_dead():
+    """An input with no exact zero (no ReLU before it) skips the search for dead receptive
+    fields, except that a window wholly in the padding still gives exactly the bias."""
+    torch.manual_seed(0)
+    layer = st.SpectralConv2d(2, 3, 3, padding=3, dtype=torch.float64)
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    assert not (x == 0).any()
+    y = layer(x)
+    assert torch.equal(y[:, :, 0], layer.bias.view(1, -1, 1).expand(2, 3, y.shape[-1]))
+    assert torch.equal(y[:, :, :, -1], layer.bias.view(1, -1, 1).expand(2, 3, y.shape[-2]))
+
+
 @pytest.mark.parametrize(
     "options",
     [dict(bias=False), dict(stride=2), dict(groups=3, dilation=2), dict(padding=3)],

@@ -1,5 +1,6 @@
 """The transforms between space and frequency-major spectra, against their definitions
-(DESIGN.md section 2) and their adjoints against torch.autograd."""
+(DESIGN.md section 2) and their adjoints by the inner-product identity and against
+torch.autograd."""
 
 import pytest
 import torch
@@ -31,11 +32,20 @@ def test_kernel_spectrum_is_the_conjugated_transposed_fft(grid, shift):
 
 
 def _check_adjoint(forward, adjoint, x, g):
-    """<forward(x), g> == <x, adjoint(g)> in the real inner product, via autograd."""
+    """<forward(x), g> == <x, adjoint(g)> in the real inner product, and autograd through
+    ``forward`` gives ``adjoint(g)`` (the GEMM transforms' own backward is their adjoint)."""
     x = x.clone().requires_grad_()
     y = forward(x)
-    (expected,) = torch.autograd.grad(y, x, g)
-    torch.testing.assert_close(adjoint(g), expected)
+    (by_autograd,) = torch.autograd.grad(y, x, g)
+    back = adjoint(g)
+    torch.testing.assert_close(_inner(y.detach(), g), _inner(x.detach(), back))
+    torch.testing.assert_close(back, by_autograd)
+
+
+def _inner(a, b):
+    """The real inner product ``Re sum conj(a) b``."""
+    as_real = (lambda t: torch.view_as_real(t)) if a.is_complex() else (lambda t: t)
+    return (as_real(a) * as_real(b)).sum()
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=str)
