@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from spectriton import backend, transforms
+from spectriton import backend, direct, transforms
 from spectriton.compressed import CompressedSpectrum, mask_words
 from spectriton.density import density_threshold, drop_by_sample_
 from spectriton.geometry import BlockGeometry
@@ -129,8 +129,13 @@ def layer(
 
 def _fused_forward(ops, weight, bias, cfg, geom, batch, real, inputs, mask, offsets) -> CompressedSpectrum:
     """One source at a fixed beta: the product with the threshold in its epilogue."""
-    spectrum_in = source_spectrum(inputs, mask, offsets, batch, cfg.channels[0], geom.grid, real)
+    spectrum_in = _operand(
+        inputs, mask, offsets, batch, cfg.channels[0], weight, cfg.shifts[0], cfg, geom, real
+    )
     bias_dc = None if bias is None else bias.to(real) * transforms.bias_scale(geom.grid)
+    if direct.is_spatial(spectrum_in):  # a small map: the direct product, then the threshold
+        product = _direct_product(spectrum_in, weight.to(real), bias_dc, geom.grid, cfg.shifts[0])
+        return ops.threshold_compact(product, cfg.beta, cfg.activation, cfg.value_dtype, geom.grid)
     if transforms.is_pointwise(cfg.kernel, cfg.shifts[0]):
         kernel = transforms.pointwise_kernel(weight.to(real))
     else:
@@ -155,10 +160,11 @@ def _summed_forward(
     shifted by ``affine``), then ``residual`` is added; a density budget thresholds at the
     batch's quantile, or each sample's (``by_sample``); returns the compressed output, the
     threshold used and the batch's moments."""
-    spectra = [
-        source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
-        for (inputs, mask, offsets), channels in zip(sources, cfg.channels)
-    ]
+    spectra, start = [], 0
+    for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
+        part = weight[:, start : start + channels]
+        spectra.append(_operand(inputs, mask, offsets, batch, channels, part, shift, cfg, geom, real))
+        start += channels
     if cfg.strided:  # cropped to the output's grid a run of output channels at a time
         runs = output_runs(geom.bins, batch, weight.shape[0], cfg.groups)
         product = torch.cat(
@@ -194,17 +200,39 @@ def _summed_forward(
 
 def _dense_product(ops, weight, bias, cfg, geom, batch, real, spectra) -> Tensor:
     """The product spectrum ``(bins, N, O)`` of ``weight``'s output channels, summed over
-    the sources' ``spectra``."""
+    the sources' ``spectra`` (each a spectrum, or a small map whose product runs direct)."""
     product, start = None, 0
     for spectrum_in, channels, shift in zip(spectra, cfg.channels, cfg.shifts):
         part = weight[:, start : start + channels].to(real)
         bias_dc = None
         if bias is not None and product is None:
             bias_dc = bias.to(real) * transforms.bias_scale(geom.grid)
-        tiles = weight_tiles(geom.bins, part, batch, cfg.groups)
-        part = tiled_product(ops, part, spectrum_in, geom.grid, shift, bias_dc, cfg.groups, tiles)
+        if direct.is_spatial(spectrum_in):
+            part = _direct_product(spectrum_in, part, bias_dc, geom.grid, shift)
+        else:
+            tiles = weight_tiles(geom.bins, part, batch, cfg.groups)
+            part = tiled_product(ops, part, spectrum_in, geom.grid, shift, bias_dc, cfg.groups, tiles)
         product = part if product is None else product.add_(part)
         start += channels
+    return product
+
+
+def _operand(
+    inputs, mask, offsets, batch, channels, weight, shift, cfg, geom, real
+) -> CompressedSpectrum | Tensor:
+    """A source as the products read it: a small spatial map itself, where its products run
+    direct (:func:`spectriton.direct.applies`, ``weight`` its part of the layer's), else its
+    spectrum (:func:`~spectriton.ops.sources.source_spectrum`)."""
+    if mask is None and direct.applies(inputs, weight, geom.grid, cfg.groups, shift):
+        return inputs.to(real)
+    return source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
+
+
+def _direct_product(x, weight, bias_dc, grid, shift) -> Tensor:
+    """:func:`spectriton.direct.product`, ``bias_dc`` added to the DC bin."""
+    product = direct.product(x, weight, grid, shift)
+    if bias_dc is not None:
+        product[0] += bias_dc.to(product.dtype)
     return product
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from spectriton import backend, transforms
+from spectriton import backend, direct, transforms
 from spectriton.compressed import CompressedSpectrum
 from spectriton.geometry import BlockGeometry
 from spectriton.moments import affine_grad, moments_scale
@@ -95,16 +95,21 @@ def _layer_backward(
     wants_weight = "weight" in wanted
     wants_bias = "bias" in wanted or (wants_affine and bias is not None)
 
-    def spectrum_of(index: int):  # the FFT of a spatial input only when the kernel gradient needs it
-        if masks[index] is None and not (wants_weight or wants_affine):
-            return None
+    starts = list(accumulate(cfg.channels, initial=0))
+
+    def spectrum_of(index: int):  # a small map itself; a spatial map's FFT where the kernel gradient needs it
         source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
+        part = weight[:, starts[index] : starts[index] + channels]
+        if mask is None and direct.applies(source, part, geom.grid, cfg.groups, cfg.shifts[index]):
+            return source.to(real)  # a small map, whose products run direct
+        if mask is None and not (wants_weight or wants_affine):
+            return None
         return source_spectrum(as_carried(source), mask, offset, batch, channels, geom.grid, real)
 
     if cfg.strided:  # computed once for every run of output channels below
         runs = output_runs(geom.bins, batch, out_channels, cfg.groups)
         spectra = [spectrum_of(index) for index in range(len(inputs))]
-        first, starts = weight[runs[0]], accumulate(cfg.channels, initial=0)
+        first = weight[runs[0]]
         parts = [first[:, s : s + c] for s, c in zip(starts, cfg.channels)]  # as _products_backward's
         if all(len(weight_tiles(geom.bins, part, batch, cfg.groups)) == 1 for part in parts):
             spectra = [ops.operand(spectrum) for spectrum in spectra]  # each run reads it whole: unpack once
@@ -141,7 +146,7 @@ def _layer_backward(
         grad = found.pop(f"inputs.{index}", None)
         if grad is None:
             continue
-        if masks[index] is None:  # a spatial source: back from its spectrum on the block's grid
+        if grad.is_complex() and masks[index] is None:  # a spatial source: back from its spectrum
             grad = transforms.map_spectrum_adjoint(grad, geom.grid, geom.size)
         elif grad.is_complex():  # a compressed source's dense gradient, packed on its mask
             grad = ops.pack(grad, masks[index], source.shape[0])
@@ -173,7 +178,13 @@ def _products_backward(
         part = weight[:, start : start + channels]
         start += channels
         packed_source = packed and mask is not None
-        if cfg.groups == 1 and transforms.is_pointwise(cfg.kernel, shift):
+        if direct.is_spatial(spectrum_in):  # a small map: its products ran direct
+            grad_source, taps = _direct_gradients(
+                ops, part, scale, grad_out, spectrum_in, geom.grid, shift, wants_source,
+                wants_weight or wants_affine,
+            )  # fmt: skip
+            inner_part = None
+        elif cfg.groups == 1 and transforms.is_pointwise(cfg.kernel, shift):
             wants_taps = wants_weight or wants_affine
             grad_source, taps, inner_part = _pointwise_gradients(
                 ops, part, scale, grad_out, spectrum_in, packed_source, wants_source, wants_taps
@@ -207,6 +218,16 @@ def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
     no weight-sized product made."""
     rows = a.shape[0]
     return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, 1, -1).mT).view(rows)  # BLAS reads b's rows
+
+
+def _direct_gradients(
+    ops, part, scale, grad_out, x, grid, shift, wants_source, wants_taps
+) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_source_gradients` of a small map whose products ran direct
+    (:mod:`spectriton.direct`): its gradient spatial (BatchNorm's ``scale`` on it), the
+    taps' unscaled; the affine reads the taps."""
+    grad = grad_out if isinstance(grad_out, Tensor) else ops.unpack(grad_out)
+    return direct.gradients(x, part, grad, grid, shift, wants_source, wants_taps, scale)
 
 
 def _pointwise_gradients(
