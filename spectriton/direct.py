@@ -29,6 +29,7 @@ from spectriton.numerics import runs, spectrum_bins
 
 DIRECT_COST = 2  # multiply-adds of a direct convolution that cost one complex product's
 KERNEL_ENTRY = 64  # one kernel-spectrum entry's building, in complex multiply-adds
+BATCH = 32  # the batch the rule weighs at, whatever a call's batch (see applies)
 RUN_BYTES = 2 << 20  # the most weight bytes of one convolution: a kernel tile's (ops.tiles)
 BATCHED_PIXELS = 4  # maps up to this many pixels take the weight's gradient by a batched GEMM
 
@@ -40,15 +41,16 @@ def applies(
     ``grid``, rolled by ``shift``) run direct: on CPU, one group, a grid the DFTs take as
     GEMMs (the layers compute in float32 or float64, which they take), a kernel with a
     spectrum to build (not an unshifted 1 x 1 one, whose spectral products are single
-    GEMMs already), and the direct convolution's ``N h w kh kw`` multiply-adds (per input
+    GEMMs already), and the direct convolution's ``B h w kh kw`` multiply-adds (per input
     and output channel) at most ``DIRECT_COST`` times the spectral form's
-    ``bins (N + KERNEL_ENTRY)``."""
+    ``bins (B + KERNEL_ENTRY)`` at the batch ``B = BATCH``: a fixed batch, not ``x``'s, so
+    that a sample takes the same path, and gives the same outputs, in every batch."""
     if groups != 1 or x.dim() != 4 or not cpu_forms(x.device) or max(grid) > dft.GEMM_GRID:
         return False
     if transforms.is_pointwise(weight.shape[-2:], shift):
         return False
-    batch, (height, width), taps = x.shape[0], x.shape[-2:], weight.shape[-2] * weight.shape[-1]
-    return batch * height * width * taps <= DIRECT_COST * spectrum_bins(grid) * (batch + KERNEL_ENTRY)
+    (height, width), taps = x.shape[-2:], weight.shape[-2] * weight.shape[-1]
+    return BATCH * height * width * taps <= DIRECT_COST * spectrum_bins(grid) * (BATCH + KERNEL_ENTRY)
 
 
 def is_spatial(operand) -> bool:
@@ -80,9 +82,11 @@ def gradients(
     """The gradients of :func:`product` from its dense gradient ``grad (bins, N, O)``: the
     source's, spatial ``(N, C, h, w)``, with ``grad`` scaled per output channel by
     ``scale`` where given, and the weight's, unscaled; each where wanted (else None)."""
+    grad_x = grad_w = None
+    if not (wants_input or wants_weight):
+        return grad_x, grad_w
     kernel = weight.shape[-2:]
     full = dft.synthesis(grad, grid, *_positions(x, kernel, grid, shift))  # the adjoint of analysis
-    grad_x = grad_w = None
     if wants_weight:
         grad_w = _weight_grad(x, full, weight)
     if wants_input:

@@ -77,10 +77,13 @@ def bias_where_dead_(
 
 def _none_dead(x: torch.Tensor, kernel, padding, dilation) -> bool:
     """Whether no receptive field is all zeros, where that is known without a device
-    synchronisation (eager, on CPU): ``x`` holds no exact zero and every window reaches past
-    the padding. Elsewhere False (a compiled graph has no branch on data), and
+    synchronisation (eager, on CPU): ``x`` holds no exact zero and every window reaches a
+    pixel of the map. Elsewhere False (a compiled graph has no branch on data), and
     :func:`dead_positions` decides."""
     if torch.compiler.is_compiling() or not cpu_forms(x.device):
         return False
-    reaches = all(p < d * (k - 1) + 1 for k, p, d in zip(kernel, padding, dilation))
+    reaches = all(  # past the padding, and no taps straddle a map narrower than their spacing
+        p < d * (k - 1) + 1 and (k == 1 or size >= d)
+        for k, p, d, size in zip(kernel, padding, dilation, x.shape[-2:])
+    )
     return reaches and not bool((x == 0).any())

@@ -50,7 +50,6 @@ _results: dict[str, dict] = {}  # the interpreter subprocess's outcomes, by node
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "interpreter: forces the Triton backend on CPU tensors")
-    config.addinivalue_line("markers", "direct: small maps' products run direct, as by default")
     if os.environ.get(RESULTS):
         config.pluginmanager.register(_Recorder(Path(os.environ[RESULTS])), "interpreter-results")
 
@@ -138,18 +137,6 @@ class _Recorder:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True)
-def _spectral_products(request, monkeypatch):
-    """By default a layer on a small spatial map runs its products direct where that is
-    cheaper (spectriton.direct): at this suite's small batches, nearly every layer. Tests
-    keep the spectral products they were written for; those marked ``direct`` (and
-    tests/test_direct.py, which compares the two) run the default."""
-    if request.node.get_closest_marker("direct") is None:
-        from spectriton import direct
-
-        monkeypatch.setattr(direct, "DIRECT_COST", 0)
 
 
 @pytest.fixture(params=["torch", "triton"])

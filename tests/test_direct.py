@@ -1,5 +1,6 @@
 """Small maps' products by direct convolution (spectriton.direct): the same product spectrum
-and gradients as the spectral products, alone and in every layer mode, and gradcheck."""
+and gradients as the spectral products (``DIRECT_COST = 0``), alone and in every layer mode,
+and gradcheck."""
 
 import pytest
 import torch
@@ -8,7 +9,6 @@ from torch.autograd import gradcheck
 import spectriton as st
 from spectriton import direct, transforms
 
-pytestmark = pytest.mark.direct
 D = torch.float64
 
 
@@ -38,8 +38,11 @@ def test_the_direct_product_and_its_gradients_are_the_spectral_ones(size, kernel
     torch.testing.assert_close(grad_x, scaled)
 
 
-def test_small_maps_run_direct_and_large_ones_spectral_at_a_batch_of_32():
+def test_small_maps_run_direct_and_large_ones_spectral_in_every_batch():
     weight = torch.empty(512, 512, 3, 3)
+    for batch in (1, 8, 256):  # a sample takes the same path in every batch
+        assert direct.applies(torch.empty(batch, 512, 4, 4), weight, (6, 6), 1)
+        assert not direct.applies(torch.empty(batch, 512, 8, 8), weight, (10, 10), 1)
     assert direct.applies(torch.empty(32, 512, 1, 1), weight, (3, 3), 1)
     assert direct.applies(torch.empty(32, 512, 2, 2), weight, (4, 4), 1)
     assert not direct.applies(torch.empty(32, 512, 16, 16), weight, (18, 18), 1)
@@ -48,6 +51,13 @@ def test_small_maps_run_direct_and_large_ones_spectral_at_a_batch_of_32():
     pointwise = torch.empty(512, 512, 1, 1)  # its spectral products are single GEMMs
     assert not direct.applies(torch.empty(32, 512, 1, 1), pointwise, (1, 1), 1)
     assert direct.applies(torch.empty(32, 512, 1, 1), pointwise, (3, 3), 1, shift=(1, 1))
+
+
+def _count_calls(monkeypatch) -> list:
+    """A list that ``direct.product`` appends to on each call."""
+    calls, product = [], direct.product
+    monkeypatch.setattr(direct, "product", lambda *a: calls.append(1) or product(*a))
+    return calls
 
 
 def _layer(**options):
@@ -60,7 +70,7 @@ CASES = {
     "normalised": (lambda: _layer(beta=0.3, activation="split_tanh", normalize=True, affine=True), (2, 2)),
     "strided": (lambda: st.SpectralConv2d(4, 6, 3, padding=1, stride=2, beta=0.4, dtype=D), (3, 3)),
     "density": (lambda: _layer(density=0.5, activation="split_tanh"), (2, 1)),
-    "dilated": (lambda: st.SpectralConv2d(4, 6, 3, padding=2, dilation=2, beta=0.3, dtype=D), (3, 3)),
+    "dilated": (lambda: st.SpectralConv2d(4, 6, 3, padding=2, dilation=2, beta=0.3, dtype=D), (2, 2)),
     "chain": (
         lambda: st.SpectralSequential(
             _layer(beta=0.3, activation="split_tanh"),
@@ -88,9 +98,7 @@ def test_a_layer_on_a_small_map_has_the_spectral_outputs_and_gradients(case, mon
         params = [x, *model.parameters()]
         return [y.detach(), *torch.autograd.grad(y.square().sum(), params)]
 
-    calls = []
-    product = direct.product
-    monkeypatch.setattr(direct, "product", lambda *a: calls.append(1) or product(*a))
+    calls = _count_calls(monkeypatch)
     by_direct = step()
     assert calls, "the direct products did not run"
     monkeypatch.setattr(direct, "DIRECT_COST", 0)
@@ -110,7 +118,9 @@ def test_the_triton_backend_runs_small_maps_direct_too(backend, monkeypatch):
         y = layer(x)
         return [y.detach(), *torch.autograd.grad(y.square().sum(), [x, layer.weight, layer.bias])]
 
+    calls = _count_calls(monkeypatch)
     by_direct = step()
+    assert calls, "the direct products did not run"
     monkeypatch.setattr(direct, "DIRECT_COST", 0)
     for a, b in zip(by_direct, step(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
@@ -129,7 +139,9 @@ def test_a_converted_resnet_on_small_maps_steps_as_with_spectral_products(monkey
 
     step()  # the running moments and kept densities move once, the same for both below
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = _count_calls(monkeypatch)
     by_direct = step()
+    assert calls, "the direct products did not run"
     model.load_state_dict(state)
     monkeypatch.setattr(direct, "DIRECT_COST", 0)
     for a, b in zip(by_direct, step(), strict=True):

@@ -15,7 +15,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import spectriton as st
-from spectriton import direct
 
 WORLD = 2
 
@@ -79,7 +78,6 @@ def _fsdp1(x, target) -> list[torch.Tensor] | str:
 
 
 def _worker(rank: int, port: int, path: str) -> None:
-    direct.DIRECT_COST = 0  # as in single(): a rank's half batch would run direct, the whole not
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
@@ -105,12 +103,9 @@ def ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single():
-    """Gradients of one process on the whole batch, with the spectral products the ranks
-    run too (spectriton.direct chooses by batch size)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(direct, "DIRECT_COST", 0)
-        model = _model()
-        _loss(model, *_batch()).backward()
+    """Gradients of one process on the whole batch."""
+    model = _model()
+    _loss(model, *_batch()).backward()
     return [p.grad for p in model.parameters()]
 
 

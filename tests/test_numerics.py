@@ -183,6 +183,9 @@ def test_an_input_without_zeros_leaves_only_windows_in_the_padding_dead():
     y = layer(x)
     assert torch.equal(y[:, :, 0], layer.bias.view(1, -1, 1).expand(2, 3, y.shape[-1]))
     assert torch.equal(y[:, :, :, -1], layer.bias.view(1, -1, 1).expand(2, 3, y.shape[-2]))
+    dilated = st.SpectralConv2d(2, 3, 2, padding=2, dilation=3, dtype=torch.float64)
+    y = dilated(torch.randn(2, 2, 1, 5, dtype=torch.float64))  # every window's taps straddle the row
+    assert torch.equal(y, dilated.bias.view(1, -1, 1, 1).expand_as(y))
 
 
 @pytest.mark.parametrize(
