@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from conftest import device_name  # bench/, this script's directory
 
 import spectriton as st
 from spectriton import dft, transforms
@@ -34,11 +35,6 @@ LAYERS = {  # name: (module, input shape)
         (8, 3, 128, 128),
     ),
 }
-
-
-def _cpu_model() -> str:
-    names = [line for line in open("/proc/cpuinfo").read().splitlines() if line.startswith("model name")]
-    return names[0].split(":", 1)[1].strip() if names else "unknown"
 
 
 def _median_ms(fn, rounds: int) -> float:
@@ -81,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    print(f"# cpu: {_cpu_model()}, torch {torch.__version__}, one thread")
+    print(f"# {device_name()}, torch {torch.__version__}, one thread")
     transforms_table(args.rounds)
     print(f"# {'layer':36s} {'fft ms':>14s} {'gemm ms':>14s} {'gemm/fft':>9s}   (wall / cpu)")
     limit = dft.GEMM_GRID

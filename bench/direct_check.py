@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from conftest import device_name  # bench/, this script's directory
 
 import spectriton as st
 from spectriton import direct
@@ -36,18 +37,13 @@ CASES = [  # batch, channels, map side
 ]
 
 
-def _cpu_model() -> str:
-    names = [line for line in open("/proc/cpuinfo").read().splitlines() if line.startswith("model name")]
-    return names[0].split(":", 1)[1].strip() if names else "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     default = direct.DIRECT_COST
-    print(f"# cpu: {_cpu_model()}, torch {torch.__version__}, one thread, {args.rounds} rounds")
+    print(f"# {device_name()}, torch {torch.__version__}, one thread, {args.rounds} rounds")
     print("# N    C    map   spectral ms  default ms  direct  default/spectral")
     for batch, channels, side in CASES:
         torch.manual_seed(0)
@@ -66,7 +62,7 @@ def main() -> None:
                     times[cost].append(time.process_time() - start)
         direct.DIRECT_COST = default
         spectral, chosen = (statistics.median(times[c]) * 1e3 for c in (0, default))
-        applies = direct.applies(x, layer.weight, (side + 2, side + 2), 1)
+        applies = direct.applies(x, layer.kernel_size, (side + 2, side + 2), 1)
         print(
             f"{batch:3d} {channels:4d} {side:3d}x{side:<3d} {spectral:10.1f} {chosen:11.1f}"
             f"  {'yes' if applies else 'no':>6}  {chosen / spectral:8.2f}"

@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from conftest import device_name  # bench/, this script's directory
 
 import spectriton
 from spectriton import direct, models
@@ -32,11 +33,6 @@ CASES = [
     "densenet121:32:32",
     "vgg16:32:64",
 ]
-
-
-def _cpu_model() -> str:
-    names = [line for line in open("/proc/cpuinfo").read().splitlines() if line.startswith("model name")]
-    return names[0].split(":", 1)[1].strip() if names else "unknown CPU"
 
 
 def _pair(name: str):
@@ -59,7 +55,7 @@ def main() -> None:
     if args.peak:
         return _peaks(args.cases)
     default = direct.DIRECT_COST
-    print(f"# cpu: {_cpu_model()}, torch {torch.__version__}, one thread, {args.rounds} rounds, medians")
+    print(f"# {device_name()}, torch {torch.__version__}, one thread, {args.rounds} rounds, medians")
     print("# model         side batch  original ms  spectral ms  direct ms  direct/spectral  to original")
     for case in args.cases:
         name, side, batch = case.split(":")

@@ -19,6 +19,8 @@ pixels wide. :func:`applies` weighs the two (module constants below, measured: R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,10 +37,10 @@ BATCHED_PIXELS = 4  # maps up to this many pixels take the weight's gradient by 
 
 
 def applies(
-    x: Tensor, weight: Tensor, grid: tuple[int, int], groups: int, shift: tuple[int, int] = (0, 0)
+    x: Tensor, kernel: Sequence[int], grid: tuple[int, int], groups: int, shift: tuple[int, int] = (0, 0)
 ) -> bool:
-    """Whether a layer's products with spatial source ``x`` (its weight part ``weight``, on
-    ``grid``, rolled by ``shift``) run direct: on CPU, one group, a grid the DFTs take as
+    """Whether a layer's products with spatial source ``x`` (its kernel ``kh x kw``, dilated,
+    on ``grid``, rolled by ``shift``) run direct: on CPU, one group, a grid the DFTs take as
     GEMMs (the layers compute in float32 or float64, which they take), a kernel with a
     spectrum to build (not an unshifted 1 x 1 one, whose spectral products are single
     GEMMs already), and the direct convolution's ``B h w kh kw`` multiply-adds (per input
@@ -47,9 +49,9 @@ def applies(
     that a sample takes the same path, and gives the same outputs, in every batch."""
     if groups != 1 or x.dim() != 4 or not cpu_forms(x.device) or max(grid) > dft.GEMM_GRID:
         return False
-    if transforms.is_pointwise(weight.shape[-2:], shift):
+    if transforms.is_pointwise(kernel, shift):
         return False
-    (height, width), taps = x.shape[-2:], weight.shape[-2] * weight.shape[-1]
+    (height, width), taps = x.shape[-2:], kernel[0] * kernel[1]
     return BATCH * height * width * taps <= DIRECT_COST * spectrum_bins(grid) * (BATCH + KERNEL_ENTRY)
 
 

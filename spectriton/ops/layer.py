@@ -160,11 +160,10 @@ def _summed_forward(
     shifted by ``affine``), then ``residual`` is added; a density budget thresholds at the
     batch's quantile, or each sample's (``by_sample``); returns the compressed output, the
     threshold used and the batch's moments."""
-    spectra, start = [], 0
-    for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts):
-        part = weight[:, start : start + channels]
-        spectra.append(_operand(inputs, mask, offsets, batch, channels, part, shift, cfg, geom, real))
-        start += channels
+    spectra = [
+        _operand(inputs, mask, offsets, batch, channels, weight, shift, cfg, geom, real)
+        for (inputs, mask, offsets), channels, shift in zip(sources, cfg.channels, cfg.shifts)
+    ]
     if cfg.strided:  # cropped to the output's grid a run of output channels at a time
         runs = output_runs(geom.bins, batch, weight.shape[0], cfg.groups)
         product = torch.cat(
@@ -220,10 +219,10 @@ def _dense_product(ops, weight, bias, cfg, geom, batch, real, spectra) -> Tensor
 def _operand(
     inputs, mask, offsets, batch, channels, weight, shift, cfg, geom, real
 ) -> CompressedSpectrum | Tensor:
-    """A source as the products read it: a small spatial map itself, where its products run
-    direct (:func:`spectriton.direct.applies`, ``weight`` its part of the layer's), else its
-    spectrum (:func:`~spectriton.ops.sources.source_spectrum`)."""
-    if mask is None and direct.applies(inputs, weight, geom.grid, cfg.groups, shift):
+    """A source as the products read it: a small spatial map itself, where its products with
+    the layer's (dilated) ``weight`` run direct (:func:`spectriton.direct.applies`), else
+    its spectrum (:func:`~spectriton.ops.sources.source_spectrum`)."""
+    if mask is None and direct.applies(inputs, weight.shape[-2:], geom.grid, cfg.groups, shift):
         return inputs.to(real)
     return source_spectrum(inputs, mask, offsets, batch, channels, geom.grid, real)
 

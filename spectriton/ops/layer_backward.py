@@ -95,12 +95,11 @@ def _layer_backward(
     wants_weight = "weight" in wanted
     wants_bias = "bias" in wanted or (wants_affine and bias is not None)
 
-    starts = list(accumulate(cfg.channels, initial=0))
-
     def spectrum_of(index: int):  # a small map itself; a spatial map's FFT where the kernel gradient needs it
         source, mask, offset, channels = inputs[index], masks[index], offsets[index], cfg.channels[index]
-        part = weight[:, starts[index] : starts[index] + channels]
-        if mask is None and direct.applies(source, part, geom.grid, cfg.groups, cfg.shifts[index]):
+        if mask is None and direct.applies(
+            source, weight.shape[-2:], geom.grid, cfg.groups, cfg.shifts[index]
+        ):
             return source.to(real)  # a small map, whose products run direct
         if mask is None and not (wants_weight or wants_affine):
             return None
@@ -109,7 +108,7 @@ def _layer_backward(
     if cfg.strided:  # computed once for every run of output channels below
         runs = output_runs(geom.bins, batch, out_channels, cfg.groups)
         spectra = [spectrum_of(index) for index in range(len(inputs))]
-        first = weight[runs[0]]
+        first, starts = weight[runs[0]], accumulate(cfg.channels, initial=0)
         parts = [first[:, s : s + c] for s, c in zip(starts, cfg.channels)]  # as _products_backward's
         if all(len(weight_tiles(geom.bins, part, batch, cfg.groups)) == 1 for part in parts):
             spectra = [ops.operand(spectrum) for spectrum in spectra]  # each run reads it whole: unpack once
